@@ -1,0 +1,108 @@
+"""p2pfl: serverless federated learning over ZeroMQ.
+
+Importing this package does nothing but define names: no threads, sockets, logging
+handlers or torch imports happen until you use something (public names load lazily).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from p2pfl.errors import (
+    ConfigError,
+    DataError,
+    NodeError,
+    P2PFLError,
+    TopologyError,
+    TransportError,
+    WireError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded on first access, PEP 562)
+_LAZY = {
+    "ArrayBatches": "p2pfl.learning.learner",
+    "Dataset": "p2pfl.data",
+    "EvalResult": "p2pfl.learning.learner",
+    "ExperimentConfig": "p2pfl.simulation.config",
+    "Learner": "p2pfl.learning.learner",
+    "Message": "p2pfl.wire",
+    "Node": "p2pfl.node.node",
+    "NodeConfig": "p2pfl.node.node",
+    "NodeStats": "p2pfl.node.node",
+    "RandomPeerSchedule": "p2pfl.topology",
+    "RoundMetrics": "p2pfl.node.node",
+    "RoundPlan": "p2pfl.topology",
+    "SimulationResult": "p2pfl.simulation.simulator",
+    "StaticSchedule": "p2pfl.topology",
+    "Topology": "p2pfl.topology",
+    "TorchLearner": "p2pfl.learning.learner",
+    "TrainResult": "p2pfl.learning.learner",
+    "TransportOptions": "p2pfl.transport",
+    "WireLimits": "p2pfl.wire",
+    "ZmqTransport": "p2pfl.transport",
+    "build_experiment": "p2pfl.simulation.setup",
+    "build_topology": "p2pfl.topology",
+    "label_counts": "p2pfl.data",
+    "load_dataset": "p2pfl.data",
+    "partition": "p2pfl.data",
+    "run_reference": "p2pfl.simulation.reference",
+    "run_simulation": "p2pfl.simulation.simulator",
+    "simulate": "p2pfl.simulation.simulator",
+    "spectral_gap": "p2pfl.topology",
+}
+
+__all__ = sorted(
+    [
+        "ConfigError",
+        "DataError",
+        "NodeError",
+        "P2PFLError",
+        "TopologyError",
+        "TransportError",
+        "WireError",
+        "__version__",
+        *_LAZY,
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2pfl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
+    from p2pfl.data import Dataset, label_counts, load_dataset, partition
+    from p2pfl.learning.learner import (
+        ArrayBatches,
+        EvalResult,
+        Learner,
+        TorchLearner,
+        TrainResult,
+    )
+    from p2pfl.node.node import Node, NodeConfig, NodeStats, RoundMetrics
+    from p2pfl.simulation.config import ExperimentConfig
+    from p2pfl.simulation.reference import run_reference
+    from p2pfl.simulation.setup import build_experiment
+    from p2pfl.simulation.simulator import SimulationResult, run_simulation, simulate
+    from p2pfl.topology import (
+        RandomPeerSchedule,
+        RoundPlan,
+        StaticSchedule,
+        Topology,
+        build_topology,
+        spectral_gap,
+    )
+    from p2pfl.transport import TransportOptions, ZmqTransport
+    from p2pfl.wire import Message, WireLimits

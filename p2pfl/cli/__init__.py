@@ -1,0 +1,1 @@
+"""The ``p2pfl`` command line: one module per command."""

@@ -1,0 +1,67 @@
+"""Entry point of the ``p2pfl`` command: parses, dispatches, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from p2pfl.errors import (
+    ConfigError,
+    DataError,
+    NodeError,
+    P2PFLError,
+    TopologyError,
+    TransportError,
+)
+
+# Expected failures end with one line on stderr and a numbered exit code, not a traceback.
+EXIT_CODES: dict[type[P2PFLError], int] = {
+    ConfigError: 2,
+    TopologyError: 3,
+    DataError: 4,
+    TransportError: 5,
+    NodeError: 6,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from p2pfl import __version__
+    from p2pfl.cli import data, report, simulate, topology
+
+    parser = argparse.ArgumentParser(
+        prog="p2pfl", description="Serverless federated learning over ZeroMQ."
+    )
+    parser.add_argument("--version", action="version", version=f"p2pfl {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (simulate, topology, data, report):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except P2PFLError as exc:
+        print(f"p2pfl: error: {exc}", file=sys.stderr)
+        for kind, code in EXIT_CODES.items():
+            if isinstance(exc, kind):
+                return code
+        return 1
+    except KeyboardInterrupt:
+        print("p2pfl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Datasets and their partitioning across nodes.
+
+Public API::
+
+    load_dataset(name, *, seed=0, test_fraction=0.2, image=False) -> Dataset
+    available_datasets() -> list[str]
+    partition(labels, num_nodes, spec, *, seed, min_samples=2) -> list[np.ndarray]
+    parse_partition(spec) -> PartitionSpec
+    label_counts(labels, parts, num_classes) -> np.ndarray
+    format_label_counts(counts, names=None, *, node_names=None) -> str
+"""
+
+from __future__ import annotations
+
+from p2pfl.data.datasets import Dataset, available_datasets, load_dataset
+from p2pfl.data.partition import (
+    PartitionSpec,
+    format_label_counts,
+    label_counts,
+    parse_partition,
+    partition,
+)
+
+__all__ = [
+    "Dataset",
+    "PartitionSpec",
+    "available_datasets",
+    "format_label_counts",
+    "label_counts",
+    "load_dataset",
+    "parse_partition",
+    "partition",
+]

@@ -1,0 +1,1 @@
+"""Local learning: the Learner seam, the torch implementation and the default models."""

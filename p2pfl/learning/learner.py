@@ -1,0 +1,224 @@
+"""The seam between a node and the user's PyTorch code.
+
+A node only needs five things from learning: train locally, evaluate, read the weights it
+will share, replace them with the mixed ones, and the schema of what it shares. The
+:class:`Learner` protocol is exactly that; :class:`TorchLearner` implements it for any
+``torch.nn.Module`` + optimizer + data loaders.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one round of local training."""
+
+    loss: float  # mean training loss over the steps of this round
+    steps: int
+    samples: int  # training samples this learner holds (weights for sample-weighted mixing)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Outcome of an evaluation on the learner's test data."""
+
+    loss: float
+    accuracy: float
+    samples: int
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """What a node needs from local learning. Methods run in a worker thread."""
+
+    def train(self, round: int) -> TrainResult: ...
+
+    def evaluate(self) -> EvalResult: ...
+
+    def get_weights(self) -> Weights:
+        """A snapshot of the shared tensors (fresh CPU arrays the caller may keep)."""
+        ...
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None: ...
+
+
+class TorchLearner:
+    """Local training of a ``torch.nn.Module``.
+
+    Every floating-point entry of the module's ``state_dict`` is shared with neighbours
+    (parameters and float buffers such as BatchNorm statistics); integer buffers stay local.
+
+    Args:
+        model: the model; its current weights are the starting point.
+        optimizer: optimizer over ``model.parameters()``; its state (e.g. momentum) stays
+            local across rounds.
+        train_data: iterable of ``(inputs, targets)`` batches, iterated once per epoch (a
+            ``torch.utils.data.DataLoader`` or :class:`ArrayBatches`).
+        test_data: iterable of ``(inputs, targets)`` batches for :meth:`evaluate`; ``None``
+            means evaluate on the training data.
+        loss_fn: loss over ``(outputs, targets)``; cross-entropy by default.
+        local_epochs: passes over ``train_data`` per round (ignored if ``local_steps``).
+        local_steps: exact optimizer steps per round, cycling through the data.
+        device: where the model lives (``"cpu"``, ``"cuda"``, ...).
+        seed: seeds this learner's private torch RNG stream (shuffling, dropout). The
+            global torch RNG is swapped to this stream while the learner runs, so several
+            learners sharing one process stay reproducible.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        test_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        local_epochs: int = 1,
+        local_steps: int | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.train_data = train_data
+        self.test_data = test_data if test_data is not None else train_data
+        self.loss_fn = loss_fn or nn.functional.cross_entropy
+        self.local_epochs = local_epochs
+        self.local_steps = local_steps
+        self._rng_state = _seeded_rng_state(seed)
+        self._shared = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        self._batches: Any = None  # live iterator, for local_steps that span epochs
+
+    @property
+    def num_samples(self) -> int:
+        dataset = getattr(self.train_data, "dataset", self.train_data)
+        try:
+            return len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return 0
+
+    def train(self, round: int) -> TrainResult:
+        with _private_rng(self):
+            self.model.train()
+            total, steps = 0.0, 0
+            for inputs, targets in self._round_batches():
+                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.model(inputs), targets)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item()
+                steps += 1
+        return TrainResult(loss=total / max(steps, 1), steps=steps, samples=self.num_samples)
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        with _private_rng(self):
+            self.model.eval()
+            loss_sum, correct, count = 0.0, 0, 0
+            for inputs, targets in self.test_data:
+                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                outputs = self.model(inputs)
+                loss_sum += float(self.loss_fn(outputs, targets)) * len(targets)
+                if outputs.dim() > 1 and outputs.shape[-1] > 1:
+                    correct += int((outputs.argmax(dim=-1) == targets).sum())
+                count += len(targets)
+        if count == 0:
+            return EvalResult(loss=math.nan, accuracy=math.nan, samples=0)
+        return EvalResult(loss=loss_sum / count, accuracy=correct / count, samples=count)
+
+    def get_weights(self) -> Weights:
+        state = self.model.state_dict()
+        return {k: state[k].detach().to("cpu", copy=True).numpy() for k in self._shared}
+
+    @torch.no_grad()
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        state = self.model.state_dict()
+        for name in self._shared:
+            state[name].copy_(torch.from_numpy(np.asarray(weights[name])))
+
+    def _round_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if self.local_steps is None:
+            for _ in range(self.local_epochs):
+                yield from self.train_data
+            return
+        for _ in range(self.local_steps):
+            if self._batches is None:
+                self._batches = iter(self.train_data)
+            batch = next(self._batches, None)
+            if batch is None:  # epoch ended: start the next one
+                self._batches = iter(self.train_data)
+                batch = next(self._batches)
+            yield batch
+
+
+class ArrayBatches:
+    """Mini-batches over in-memory tensors, reshuffled each epoch from a seeded generator.
+
+    A lighter stand-in for ``DataLoader(TensorDataset(...))``: slicing whole tensors avoids
+    per-sample Python work, which dominates training time for small models.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        self.x, self.y = x, y
+        self.dataset = x  # len() of it is the sample count, as with a DataLoader
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self) -> Any:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self._generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+def _seeded_rng_state(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+# torch's global RNG is process-wide, so learners sharing a process (a simulation) take
+# turns with it; this serialises their torch work, which on CPU costs nothing since each
+# torch op already uses every core.
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+class _private_rng:
+    """Swap the learner's own RNG stream in as torch's global CPU RNG while it runs."""
+
+    def __init__(self, learner: TorchLearner) -> None:
+        self._learner = learner
+
+    def __enter__(self) -> None:
+        _GLOBAL_RNG_LOCK.acquire()
+        self._saved = torch.get_rng_state()
+        torch.set_rng_state(self._learner._rng_state)
+
+    def __exit__(self, *exc: object) -> None:
+        self._learner._rng_state = torch.get_rng_state()
+        torch.set_rng_state(self._saved)
+        _GLOBAL_RNG_LOCK.release()

@@ -1,0 +1,1 @@
+"""The gossip-learning node and its parts (inbox, mixing)."""

@@ -1,0 +1,77 @@
+"""Per-round buffer of neighbours' models: future rounds wait, stale ones are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from p2pfl.errors import WireError
+from p2pfl.wire import Message
+
+
+class RoundInbox:
+    """Holds accepted model messages by round until the node collects them.
+
+    Args:
+        max_rounds_ahead: how far ahead of the node's current round a message may be;
+            bounds memory against peers that run ahead (or lie about the round).
+    """
+
+    def __init__(self, max_rounds_ahead: int) -> None:
+        self.max_rounds_ahead = max_rounds_ahead
+        self.current_round = 0
+        self._by_round: dict[int, dict[str, Message]] = {}
+        self._arrived = asyncio.Event()
+
+    def offer(self, message: Message) -> None:
+        """Store a message for its round.
+
+        Raises:
+            WireError: ``stale_round`` (round already closed), ``future_round`` (too far
+                ahead) or ``duplicate`` (this sender already sent for this round).
+        """
+        if message.round < self.current_round:
+            raise WireError("stale_round", f"round {message.round} < current {self.current_round}")
+        if message.round > self.current_round + self.max_rounds_ahead:
+            raise WireError(
+                "future_round",
+                f"round {message.round} > current {self.current_round} + {self.max_rounds_ahead}",
+            )
+        slot = self._by_round.setdefault(message.round, {})
+        if message.sender in slot:
+            raise WireError("duplicate", f"second message from {message.sender} for round {message.round}")
+        slot[message.sender] = message
+        if message.round == self.current_round:
+            self._arrived.set()
+
+    def advance(self, round: int) -> None:
+        """Make ``round`` current and forget every earlier round."""
+        self.current_round = round
+        for old in [r for r in self._by_round if r < round]:
+            del self._by_round[old]
+        if self._by_round.get(round):
+            self._arrived.set()
+
+    async def collect(
+        self, round: int, expected: Iterable[str], timeout: float
+    ) -> dict[str, Message]:
+        """Wait until every expected sender's message for ``round`` is here, or ``timeout``.
+
+        Returns:
+            The messages that arrived in time, by sender (may be fewer than expected).
+        """
+        self.advance(round)
+        wanted = set(expected)
+        slot = self._by_round.setdefault(round, {})
+        try:
+            async with asyncio.timeout(timeout):
+                while not wanted <= slot.keys():
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            pass
+        return {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+
+    def pending(self) -> int:
+        """Messages held (for memory accounting)."""
+        return sum(len(slot) for slot in self._by_round.values())

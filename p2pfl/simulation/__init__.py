@@ -1,0 +1,1 @@
+"""Many nodes on one machine: experiment config, setup, simulator, reference loop."""

@@ -1,0 +1,61 @@
+"""The experiment description a simulation (and its plain reference loop) runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pfl.errors import ConfigError
+
+TRANSPORTS = ("inproc", "ipc", "tcp")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One simulated experiment; TOML keys and ``key=value`` overrides use these names."""
+
+    nodes: int | None = None  # node count; None = from the topology file, else 16
+    topology: str = "ring"  # generator spec (ring, torus:4x4, random-regular:4, ...) or a file
+    mixing: str = "metropolis"  # metropolis | max-degree | file (edge weights from the file)
+    fanout: int = 0  # >0: time-varying gossip, each round send to this many random peers
+    dataset: str = "digits"  # digits | breast_cancer | csv:PATH | npz:PATH
+    partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:K | quantity:ALPHA
+    model: str = "mlp"  # mlp | cnn | logreg | module:function(input_shape, num_classes)
+    rounds: int = 40  # communication rounds
+    local_epochs: int = 1  # passes over the local data per round
+    local_steps: int = 0  # >0: exactly this many optimizer steps per round instead
+    lr: float = 0.05  # SGD learning rate
+    momentum: float = 0.9  # SGD momentum (kept locally across rounds)
+    weight_decay: float = 0.0  # SGD weight decay
+    batch_size: int = 16  # local mini-batch size
+    seed: int = 0  # fixes data split, partition, init, shuffling and random graphs
+    transport: str = "inproc"  # inproc | ipc | tcp (127.0.0.1, ephemeral ports)
+    round_timeout: float = 60.0  # seconds a node waits for neighbours each round
+    test_fraction: float = 0.2  # share of the dataset held out as the common test set
+    device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
+    out: str | None = None  # directory for metrics.jsonl / summary.json; None = no files
+
+    def __post_init__(self) -> None:
+        positive = {
+            "rounds": self.rounds, "local_epochs": self.local_epochs, "batch_size": self.batch_size,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(key, f"must be >= 1, got {value}")
+        if self.nodes is not None and self.nodes < 1:
+            raise ConfigError("nodes", f"must be >= 1, got {self.nodes}")
+        if self.local_steps < 0:
+            raise ConfigError("local_steps", f"must be >= 0 (0 = use local_epochs), got {self.local_steps}")
+        if self.fanout < 0:
+            raise ConfigError("fanout", f"must be >= 0 (0 = static topology), got {self.fanout}")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError("transport", f"must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if not self.round_timeout > 0:
+            raise ConfigError("round_timeout", f"must be > 0 seconds, got {self.round_timeout}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")

@@ -1,0 +1,121 @@
+"""Turn an :class:`ExperimentConfig` into topology, schedule, data and learners.
+
+Shared by the networked simulation, the plain reference loop and the benchmarks, so
+all three start from bit-identical models, data and shuffling.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2pfl.data import Dataset, load_dataset, partition
+from p2pfl.errors import ConfigError
+from p2pfl.learning.learner import ArrayBatches, TorchLearner
+from p2pfl.learning.models import build_model
+from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.topology import RandomPeerSchedule, StaticSchedule, Topology, build_topology
+from p2pfl.topology.schedule import GossipSchedule
+
+DEFAULT_NODES = 16
+_EVAL_BATCH = 1024
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built deterministically from the config."""
+
+    config: ExperimentConfig
+    topology: Topology
+    schedule: GossipSchedule
+    dataset: Dataset
+    parts: list[np.ndarray]
+    learners: list[TorchLearner]
+
+    @property
+    def names(self) -> list[str]:
+        return self.topology.names
+
+
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Build the experiment; same config, same bits."""
+    topology = build_topology(
+        config.topology, _node_count(config), seed=config.seed, mixing=config.mixing
+    )
+    schedule: GossipSchedule
+    if config.fanout:
+        schedule = RandomPeerSchedule(topology.names, config.fanout, config.seed)
+    else:
+        schedule = StaticSchedule(topology)
+    dataset = load_dataset(
+        config.dataset, seed=config.seed, test_fraction=config.test_fraction,
+        image=config.model == "cnn",
+    )
+    parts = partition(dataset.y_train, topology.n, config.partition, seed=config.seed)
+    learners = build_learners(config, dataset, parts)
+    return Experiment(config, topology, schedule, dataset, parts, learners)
+
+
+def build_learners(
+    config: ExperimentConfig, dataset: Dataset, parts: list[np.ndarray]
+) -> list[TorchLearner]:
+    """One learner per partition, all starting from the same initial model."""
+    torch.manual_seed(config.seed)
+    initial = make_model(config.model, dataset.input_shape, dataset.num_classes)
+    x_test = torch.from_numpy(dataset.x_test)
+    y_test = torch.from_numpy(dataset.y_test)
+    test_batches = ArrayBatches(x_test, y_test, _EVAL_BATCH, shuffle=False)
+    learners = []
+    for i, idx in enumerate(parts):
+        model = copy.deepcopy(initial)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        stream = node_seed(config.seed, i)
+        train = ArrayBatches(
+            torch.from_numpy(dataset.x_train[idx]), torch.from_numpy(dataset.y_train[idx]),
+            config.batch_size, seed=stream,
+        )
+        learners.append(
+            TorchLearner(
+                model, optimizer, train, test_batches,
+                local_epochs=config.local_epochs, local_steps=config.local_steps or None,
+                device=config.device, seed=stream,
+            )
+        )
+    return learners
+
+
+def make_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A built-in model by name, or ``module:function`` returning the user's ``nn.Module``."""
+    if ":" not in spec:
+        return build_model(spec, input_shape, num_classes)
+    module_name, _, function_name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            "model", f"cannot load {spec!r} ({exc}); give module:function importable from here"
+        ) from None
+    model = factory(input_shape, num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def node_seed(seed: int, index: int) -> int:
+    """Independent, reproducible per-node stream seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _node_count(config: ExperimentConfig) -> int | None:
+    if config.nodes is not None:
+        return config.nodes
+    return None if Path(config.topology).exists() else DEFAULT_NODES

@@ -1,0 +1,303 @@
+"""The wire format: one msgpack header frame, then one raw frame per tensor.
+
+A message on the wire is a ZeroMQ multipart message::
+
+    frame 0   msgpack map  {"v": 1, "kind": "model", "sender": "org-a", "round": 7,
+                            "samples": 512, "tensors": [[name, dtype, shape, nbytes], ...],
+                            "meta": {...}}
+    frame 1.. the tensors' bytes, little-endian, C order, one frame each, in header order
+
+Tensors are sent straight from their memory (the frames are memoryviews) and decoded as
+read-only numpy views of the received frames, so neither side copies the payload. Nothing
+here ever unpickles: the header is plain msgpack with size limits and the payload is raw
+numbers interpreted only through a dtype from a fixed allow-list.
+
+This module knows nothing of sockets or nodes; it turns buffers into validated messages
+and raises :class:`~p2pfl.errors.WireError` (whose ``reason`` feeds the rejection
+counters) for anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from p2pfl.errors import WireError
+
+PROTOCOL_VERSION = 1
+
+#: Message kinds a node understands. Extensions add theirs here, never reuse a name.
+KINDS = frozenset({"model"})
+
+#: dtype names allowed on the wire (numpy names; always little-endian on the wire).
+WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in (
+        "float16", "float32", "float64",
+        "int8", "int16", "int32", "int64", "uint8", "bool",
+    )
+}
+
+_MAX_NAME_CHARS = 256
+_MAX_DIMS = 8
+_MAX_ROUND = 2**40
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Bounds every decoded message must respect.
+
+    Attributes:
+        max_message_bytes: total size of all frames together.
+        max_header_bytes: size of the msgpack header frame.
+        max_tensors: number of tensors in one message.
+    """
+
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 1024 * 1024
+    max_tensors: int = 10_000
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a tensor on the wire must look like: the local model's schema entry."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * WIRE_DTYPES[self.dtype].itemsize
+
+
+#: Expected tensors by name, built from the local model (see ``schema_of``).
+ModelSchema = Mapping[str, TensorSpec]
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded, validated message.
+
+    Attributes:
+        kind: message kind, one of :data:`KINDS`.
+        sender: the sender's node name as it claims in the header (transport-level
+            authentication, where on, is checked by the node against this).
+        round: the round these weights belong to.
+        samples: number of training samples behind the weights.
+        tensors: name -> read-only array view into the received frames.
+        meta: extension fields (plain msgpack values).
+        nbytes: size of the whole message on the wire.
+    """
+
+    kind: str
+    sender: str
+    round: int
+    samples: int
+    tensors: Mapping[str, np.ndarray]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+def schema_of(tensors: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+    """The schema that messages carrying tensors shaped like ``tensors`` must match."""
+    schema: dict[str, TensorSpec] = {}
+    for name, array in tensors.items():
+        dtype = _wire_dtype_name(name, array.dtype)
+        schema[name] = TensorSpec(dtype=dtype, shape=tuple(int(d) for d in array.shape))
+    return schema
+
+
+def encode(
+    *,
+    kind: str,
+    sender: str,
+    round: int,
+    samples: int,
+    tensors: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+) -> list[bytes | memoryview]:
+    """Encode a message into frames; tensor frames are views of the arrays (no copy).
+
+    The caller must not modify the arrays until the frames are sent: give a snapshot.
+
+    Raises:
+        WireError: if a tensor has a dtype the wire does not carry.
+    """
+    table = []
+    frames: list[bytes | memoryview] = [b""]
+    for name, array in tensors.items():
+        dtype = _wire_dtype_name(name, array.dtype)
+        little = array.astype(WIRE_DTYPES[dtype], copy=False)  # no-op on little-endian hosts
+        contiguous = np.ascontiguousarray(little)
+        table.append([name, dtype, list(contiguous.shape), contiguous.nbytes])
+        frames.append(memoryview(contiguous).cast("B"))
+    header = {
+        "v": PROTOCOL_VERSION,
+        "kind": kind,
+        "sender": sender,
+        "round": int(round),
+        "samples": int(samples),
+        "tensors": table,
+        "meta": dict(meta or {}),
+    }
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
+
+
+def decode(
+    frames: Sequence[memoryview | bytes],
+    *,
+    schema: ModelSchema | None,
+    limits: WireLimits = WireLimits(),
+) -> Message:
+    """Decode and validate a message.
+
+    Args:
+        frames: the message's frames (header first), as buffers.
+        schema: the tensors the local model expects; ``None`` skips the model check
+            (for kinds without tensors, or tools that only inspect traffic).
+        limits: size bounds.
+
+    Raises:
+        WireError: the message is malformed, too large, from another protocol version,
+            does not match the local model, or carries non-finite values.
+    """
+    if not frames:
+        raise WireError("empty", "message has no frames")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise WireError("too_large", f"{total} bytes > limit {limits.max_message_bytes}")
+    header_bytes = frames[0]
+    if len(header_bytes) > limits.max_header_bytes:
+        raise WireError(
+            "header_too_large", f"{len(header_bytes)} bytes > limit {limits.max_header_bytes}"
+        )
+    header = _unpack_header(header_bytes)
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise WireError("version", f"protocol version {version!r}, this node speaks {PROTOCOL_VERSION}")
+    kind = _field(header, "kind", str)
+    if kind not in KINDS:
+        raise WireError("unknown_kind", f"kind {kind!r} not in {sorted(KINDS)}")
+    sender = _field(header, "sender", str)
+    if not sender or len(sender) > _MAX_NAME_CHARS:
+        raise WireError("bad_header", "sender must be a non-empty name of at most 256 chars")
+    round_ = _field(header, "round", int)
+    samples = _field(header, "samples", int)
+    if not 0 <= round_ < _MAX_ROUND or samples < 0:
+        raise WireError("bad_header", f"round {round_} / samples {samples} out of range")
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise WireError("bad_header", "meta must be a map")
+    table = _field(header, "tensors", list)
+    if len(table) > limits.max_tensors:
+        raise WireError("bad_header", f"{len(table)} tensors > limit {limits.max_tensors}")
+    if len(frames) != 1 + len(table):
+        raise WireError(
+            "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    for entry, payload in zip(table, frames[1:], strict=True):
+        name, spec, nbytes = _tensor_entry(entry)
+        if name in tensors:
+            raise WireError("bad_header", f"tensor {name!r} listed twice")
+        if nbytes != spec.nbytes or len(payload) != nbytes:
+            raise WireError(
+                "size_mismatch",
+                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, "
+                f"header says {nbytes}, frame has {len(payload)}",
+            )
+        tensors[name] = np.frombuffer(payload, dtype=WIRE_DTYPES[spec.dtype]).reshape(spec.shape)
+        if schema is not None:
+            _check_against_schema(name, spec, schema)
+    if schema is not None and len(tensors) != len(schema):
+        missing = sorted(set(schema) - set(tensors))
+        raise WireError("schema_names", f"missing tensors {missing[:5]}")
+    for name, array in tensors.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise WireError("non_finite", f"tensor {name!r} holds NaN or Inf")
+    return Message(
+        kind=kind, sender=sender, round=round_, samples=samples,
+        tensors=tensors, meta=meta, nbytes=total,
+    )
+
+
+def _wire_dtype_name(name: str, dtype: np.dtype[Any]) -> str:
+    wire_name = dtype.name
+    if wire_name not in WIRE_DTYPES:
+        raise WireError("dtype", f"tensor {name!r} has dtype {dtype}, wire carries {sorted(WIRE_DTYPES)}")
+    return wire_name
+
+
+def _unpack_header(data: memoryview | bytes) -> dict[str, Any]:
+    try:
+        # unpackb bounds every declared length by the frame's own size, so a tiny frame
+        # cannot declare a huge string or array (the classic msgpack bomb); the explicit
+        # limits below say so; ext types are refused outright.
+        size = len(data)
+        header = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except WireError:
+        raise
+    except Exception as exc:  # msgpack raises many types for garbage; all mean the same
+        raise WireError("bad_header", f"header is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise WireError("bad_header", f"header is a {type(header).__name__}, expected a map")
+    return header
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise WireError("bad_header", f"msgpack extension type {code} is not allowed")
+
+
+def _field(header: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = header.get(key)
+    # bool is an int in Python; a bool where a number belongs is malformed
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WireError("bad_header", f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _tensor_entry(entry: Any) -> tuple[str, TensorSpec, int]:
+    if not isinstance(entry, list) or len(entry) != 4:
+        raise WireError("bad_header", "tensor entry must be [name, dtype, shape, nbytes]")
+    name, dtype, shape, nbytes = entry
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME_CHARS:
+        raise WireError("bad_header", "tensor name must be a non-empty string of at most 256 chars")
+    if dtype not in WIRE_DTYPES:
+        raise WireError("dtype", f"tensor {name!r}: dtype {dtype!r} not in {sorted(WIRE_DTYPES)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+    ):
+        raise WireError("bad_header", f"tensor {name!r}: shape must be a list of at most 8 sizes")
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise WireError("bad_header", f"tensor {name!r}: nbytes must be a non-negative int")
+    return name, TensorSpec(dtype=dtype, shape=tuple(shape)), nbytes
+
+
+def _check_against_schema(name: str, spec: TensorSpec, schema: ModelSchema) -> None:
+    expected = schema.get(name)
+    if expected is None:
+        raise WireError("schema_names", f"tensor {name!r} is not in the local model")
+    if spec.dtype != expected.dtype:
+        raise WireError("schema_dtype", f"tensor {name!r}: {spec.dtype}, local model has {expected.dtype}")
+    if spec.shape != expected.shape:
+        raise WireError(
+            "schema_shape", f"tensor {name!r}: shape {list(spec.shape)}, local model has {list(expected.shape)}"
+        )
