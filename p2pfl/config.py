@@ -49,6 +49,8 @@ def load_toml(cls: type[C], path: str | Path, *, base: C | None = None) -> C:
         values = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError("config", f"file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text
+        raise ConfigError("config", f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     try:

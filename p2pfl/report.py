@@ -46,7 +46,7 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     written = []
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for node, node_rows in by_node.items():
+    for node_rows in by_node.values():
         node_rows.sort(key=lambda r: r["round"])
         ax.plot([r["round"] for r in node_rows], [r["test_accuracy"] for r in node_rows],
                 lw=0.8, alpha=0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import sys
@@ -61,15 +62,21 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pfl.simulation.simulator import run_simulation
-
     config = resolve_config(args)
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0
+    # imported only now: config errors and --print-config need no torch or zmq
+    from p2pfl.simulation.setup import build_experiment
+    from p2pfl.simulation.simulator import simulate
+
+    # build first, so a bad topology or dataset fails before a progress bar is drawn
+    experiment = build_experiment(config)
     bar = None if args.quiet else _progress_bar(config.rounds)
     try:
-        result = run_simulation(config, progress=bar.update_round if bar else None)
+        result = asyncio.run(
+            simulate(config, progress=bar.update_round if bar else None, experiment=experiment)
+        )
     finally:
         if bar is not None:
             bar.close()

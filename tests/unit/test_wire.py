@@ -25,7 +25,10 @@ def encode(**overrides):
     return wire.encode(**fields)
 
 
-def decode(frames, schema=None, limits=wire.WireLimits()):
+DEFAULT_LIMITS = wire.WireLimits()
+
+
+def decode(frames, schema=None, limits=DEFAULT_LIMITS):
     return wire.decode(
         [bytes(f) for f in frames],
         schema=schema if schema is not None else wire.schema_of(model_tensors()),

@@ -1,0 +1,157 @@
+"""A live node against hostile and missing peers: rejections, deadlines, buffering."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from p2pfl import Node, NodeConfig, StaticSchedule, WireLimits, ZmqTransport, build_topology
+from p2pfl.testing import model_frames, tiny_learner, with_header
+
+TIMEOUT = 10.0
+
+
+def ring_schedule(n: int = 3) -> StaticSchedule:
+    return StaticSchedule(build_topology("ring", n))
+
+
+def make_node(context, name="0", *, rounds=5, round_timeout=TIMEOUT, schedule=None, limits=None):
+    config = NodeConfig(
+        name=name, rounds=rounds, round_timeout=round_timeout, limits=limits or WireLimits()
+    )
+    return Node(config, tiny_learner(int(name)), schedule or ring_schedule(), ZmqTransport(context, "tcp://127.0.0.1:0"))
+
+
+@pytest.fixture
+async def context():
+    ctx = zmq.asyncio.Context()
+    yield ctx
+    ctx.term()
+
+
+@pytest.fixture
+async def intruder(context):
+    """A raw pyzmq client that knows nothing of p2pfl's code."""
+    sockets = []
+
+    def connect(endpoint: str) -> zmq.asyncio.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    yield connect
+    for sock in sockets:
+        sock.close(linger=0)
+
+
+async def test_every_bad_message_is_rejected_counted_and_the_node_keeps_serving(context, intruder):
+    limits = WireLimits(max_message_bytes=4096)
+    async with make_node(context, rounds=5, limits=limits) as node:
+        sock = intruder(node.endpoint)
+        good = model_frames(tiny_learner(1), sender="1", round=0)
+        weights = tiny_learner(1).get_weights()
+        nan_weights = {k: np.full_like(v, np.nan) for k, v in weights.items()}
+        wrong_shape = {k: np.zeros((v.size + 1,), v.dtype) for k, v in weights.items()}
+        wrong_dtype = {k: v.astype(np.float64) for k, v in weights.items()}
+        attacks = {
+            "bad_header": [b"\x00garbage-not-msgpack"],
+            "version": with_header(good, v=99),
+            "unknown_kind": with_header(good, kind="exec"),
+            "unknown_sender": with_header(good, sender="7"),  # not a neighbour of 0
+            "frame_count": good[:-1],
+            "size_mismatch": [good[0], *good[1:-1], good[-1][:-2]],
+            "schema_shape": model_frames(tiny_learner(1), sender="1", round=0, tensors=wrong_shape),
+            "schema_dtype": model_frames(tiny_learner(1), sender="1", round=0, tensors=wrong_dtype),
+            "non_finite": model_frames(tiny_learner(1), sender="1", round=0, tensors=nan_weights),
+            "too_large": [*good[:-1], good[-1] + b"\x00" * 5000],
+            "future_round": with_header(good, round=5),  # beyond the node's last round
+        }
+        for frames in attacks.values():
+            await sock.send_multipart(frames)
+        # a header claiming a huge array in a few bytes (msgpack bomb)
+        await sock.send_multipart([b"\xdd\xff\xff\xff\xff"])
+        expected = dict.fromkeys(attacks, 1)
+        expected["bad_header"] = 2
+        await node.wait_until(lambda s: all(s.rejected[r] >= n for r, n in expected.items()), TIMEOUT)
+        for reason, count in expected.items():
+            assert node.stats.rejected[reason] == count, reason
+        assert node.stats.messages_accepted == 0
+
+        # still serving: an honest message is accepted, a replay of it is a duplicate
+        await sock.send_multipart(good)
+        await node.wait_until(lambda s: s.messages_accepted == 1, TIMEOUT)
+        await sock.send_multipart(good)
+        await node.wait_until(lambda s: s.rejected["duplicate"] == 1, TIMEOUT)
+
+
+async def test_a_node_with_a_dead_neighbour_finishes_every_round_through_the_deadline(context):
+    # ring of 3: nodes 0 and 1 run, node 2 never starts
+    schedule = ring_schedule(3)
+    deadline = 0.3
+    async with make_node(context, "0", rounds=3, round_timeout=deadline, schedule=schedule) as a, \
+            make_node(context, "1", rounds=3, round_timeout=deadline, schedule=schedule) as b:
+        a.add_peer("1", b.endpoint)
+        b.add_peer("0", a.endpoint)
+        a.add_peer("2", "tcp://127.0.0.1:1")  # nobody listens there
+        b.add_peer("2", "tcp://127.0.0.1:1")
+        history_a, history_b = await asyncio.wait_for(asyncio.gather(a.run(), b.run()), TIMEOUT)
+    for history, peer in ((history_a, "1"), (history_b, "0")):
+        assert [m.round for m in history] == [0, 1, 2]
+        for metrics in history:
+            assert metrics.missing == ("2",)
+            assert metrics.received_from == (peer,)
+            assert metrics.round_seconds < deadline + 2.0
+    # the two live nodes averaged with each other only: equal weights afterwards
+    # (Metropolis weights 1/3 each, renormalised over the two present = 1/2 each)
+    for key, value in a.learner.get_weights().items():
+        np.testing.assert_allclose(value, b.learner.get_weights()[key], rtol=1e-6, atol=1e-7)
+
+
+async def test_messages_for_future_rounds_are_buffered_and_used(context, intruder):
+    schedule = ring_schedule(3)
+    async with make_node(context, "0", rounds=2, schedule=schedule) as node:
+        node.add_peer("1", "tcp://127.0.0.1:1")
+        node.add_peer("2", "tcp://127.0.0.1:1")
+        sock = intruder(node.endpoint)
+        peer_models = {}
+        # neighbours send both rounds before the node even starts round 0
+        for round_ in (1, 0):
+            for peer in ("1", "2"):
+                learner = tiny_learner(10 + int(peer) + round_)
+                peer_models[(peer, round_)] = learner.get_weights()
+                await sock.send_multipart(model_frames(learner, sender=peer, round=round_))
+        await node.wait_until(lambda s: s.messages_accepted == 4, TIMEOUT)
+        history = await asyncio.wait_for(node.run(), TIMEOUT)
+    assert [m.received_from for m in history] == [("1", "2"), ("1", "2")]
+    assert all(not m.missing for m in history)
+
+
+async def test_stale_messages_are_dropped(context, intruder):
+    schedule = ring_schedule(3)
+    async with make_node(context, "0", rounds=2, round_timeout=0.1, schedule=schedule) as node:
+        node.add_peer("1", "tcp://127.0.0.1:1")
+        node.add_peer("2", "tcp://127.0.0.1:1")
+        await asyncio.wait_for(node.run(), TIMEOUT)
+        sock = intruder(node.endpoint)
+        await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=0))
+        await node.wait_until(lambda s: s.rejected["stale_round"] == 1, TIMEOUT)
+
+
+async def test_run_before_start_is_a_clear_error(context):
+    node = make_node(context)
+    from p2pfl import NodeError
+
+    with pytest.raises(NodeError, match="async with"):
+        await node.run()
+
+
+def test_msgpack_header_helper_round_trips():
+    frames = model_frames(tiny_learner(0), sender="x", round=3)
+    assert msgpack.unpackb(with_header(frames, round=4)[0])["round"] == 4
