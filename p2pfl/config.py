@@ -8,6 +8,7 @@ naming the key and what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import tomllib
 import types
@@ -42,8 +43,10 @@ def config_from_mapping(cls: type[C], values: Mapping[str, Any], *, base: C | No
     return cls(**converted)
 
 
-def load_toml(cls: type[C], path: str | Path, *, base: C | None = None) -> C:
-    """Read a TOML file into ``cls``; errors name the file and the key."""
+def load_toml(
+    cls: type[C], path: str | Path, *, base: C | None = None, overrides: Mapping[str, Any] | None = None
+) -> C:
+    """Read a TOML file into ``cls`` (``overrides`` win); errors name the file and the key."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text())
@@ -54,7 +57,7 @@ def load_toml(cls: type[C], path: str | Path, *, base: C | None = None) -> C:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     try:
-        return config_from_mapping(cls, values, base=base)
+        return config_from_mapping(cls, {**values, **(overrides or {})}, base=base)
     except ConfigError as exc:
         raise ConfigError(exc.field, f"{exc.args[0].split(': ', 1)[1]} (in {path})") from None
 
@@ -67,9 +70,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(item, "an override must look like key=value, e.g. rounds=10")
         try:
-            values[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            values[key.strip()] = raw.strip()  # bare words are strings: topology=ring
+            value = raw.strip()  # bare words are strings: topology=ring
+        # TOML dates and times stay text: out=2024-05-01 names a directory
+        values[key.strip()] = raw.strip() if isinstance(value, (datetime.date, datetime.time)) else value
     return values
 
 
@@ -93,6 +98,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return value
         if typing.get_origin(option) in (tuple, list) and isinstance(value, (list, tuple)):
             return tuple(value)
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return dict(value)
     for option in options:  # strings from the command line: "10" for an int field
         if isinstance(value, str) and option in (int, float):
             try:

@@ -32,7 +32,10 @@ from p2pfl.errors import WireError
 PROTOCOL_VERSION = 1
 
 #: Message kinds a node understands. Extensions add theirs here, never reuse a name.
-KINDS = frozenset({"model"})
+#: "model" carries a round's weights; "hello" (no tensors) says "I am up, at this round".
+KINDS = frozenset({"model", "hello"})
+#: Kinds whose tensors must match the local model's schema; all others carry none.
+TENSOR_KINDS = frozenset({"model"})
 
 #: dtype names allowed on the wire (numpy names; always little-endian on the wire).
 WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
@@ -159,8 +162,9 @@ def decode(
 
     Args:
         frames: the message's frames (header first), as buffers.
-        schema: the tensors the local model expects; ``None`` skips the model check
-            (for kinds without tensors, or tools that only inspect traffic).
+        schema: the tensors the local model expects for kinds in :data:`TENSOR_KINDS`;
+            ``None`` skips the model check (tools that only inspect traffic). Other kinds
+            must carry no tensors.
         limits: size bounds.
 
     Raises:
@@ -197,6 +201,10 @@ def decode(
     table = _field(header, "tensors", list)
     if len(table) > limits.max_tensors:
         raise WireError("bad_header", f"{len(table)} tensors > limit {limits.max_tensors}")
+    if kind not in TENSOR_KINDS:
+        if table:
+            raise WireError("bad_header", f"a {kind!r} message carries no tensors")
+        schema = None
     if len(frames) != 1 + len(table):
         raise WireError(
             "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"

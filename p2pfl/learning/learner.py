@@ -150,6 +150,26 @@ class TorchLearner:
         for name in self._shared:
             state[name].copy_(torch.from_numpy(np.asarray(weights[name])))
 
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: model, optimizer, RNG streams."""
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self._rng_state.clone(),
+        }
+        if isinstance(self.train_data, ArrayBatches):
+            state["data_rng"] = self.train_data.rng_state()
+        return state
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned (from this node's own checkpoint)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._rng_state = state["rng"].clone()
+        if "data_rng" in state and isinstance(self.train_data, ArrayBatches):
+            self.train_data.set_rng_state(state["data_rng"])
+        self._batches = None
+
     def _round_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if self.local_steps is None:
             for _ in range(self.local_epochs):
@@ -185,6 +205,12 @@ class ArrayBatches:
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
+
+    def rng_state(self) -> torch.Tensor:
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
 
     def __iter__(self) -> Any:
         n = len(self.x)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from p2pfl.errors import WireError
 from p2pfl.wire import Message
@@ -53,9 +53,20 @@ class RoundInbox:
             self._arrived.set()
 
     async def collect(
-        self, round: int, expected: Iterable[str], timeout: float
+        self,
+        round: int,
+        expected: Iterable[str],
+        timeout: float,
+        skip: Callable[[str], bool] | None = None,
     ) -> dict[str, Message]:
         """Wait until every expected sender's message for ``round`` is here, or ``timeout``.
+
+        Args:
+            round: the round to collect.
+            expected: senders to wait for.
+            timeout: seconds to wait at most.
+            skip: senders for which it returns True (known to be offline) are not waited
+                for; it is asked again after every :meth:`poke`.
 
         Returns:
             The messages that arrived in time, by sender (may be fewer than expected).
@@ -65,12 +76,16 @@ class RoundInbox:
         slot = self._by_round.setdefault(round, {})
         try:
             async with asyncio.timeout(timeout):
-                while not wanted <= slot.keys():
+                while not {p for p in wanted if skip is None or not skip(p)} <= slot.keys():
                     self._arrived.clear()
                     await self._arrived.wait()
         except TimeoutError:
             pass
         return {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+
+    def poke(self) -> None:
+        """Make a waiting :meth:`collect` re-check (e.g. a peer was reported offline)."""
+        self._arrived.set()
 
     def pending(self) -> int:
         """Messages held (for memory accounting)."""

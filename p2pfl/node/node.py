@@ -20,6 +20,7 @@ from p2pfl.errors import NodeError, WireError
 from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import mix
+from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import Incoming, ZmqTransport
 
@@ -81,11 +82,10 @@ class NodeStats:
 class _WorkerStep:
     """What one worker job produced: the finished round's mix, the next round's training."""
 
-    mixed: Weights | None
-    evaluation: EvalResult | None
+    mixed: Weights | None  # the finished round's averaged weights
+    metrics: RoundMetrics | None  # the finished round's metrics
     trained: TrainResult | None
     weights: Weights | None  # snapshot after training, to send
-    mix_seconds: float
     train_seconds: float
 
 
@@ -93,6 +93,7 @@ class _WorkerStep:
 class _Exchange:
     """One round's communication: what was sent and what arrived in time."""
 
+    round: int
     own: Weights
     received: Mapping[str, Mapping[str, Any]]
     weights: Mapping[str, float]
@@ -122,6 +123,11 @@ class Node:
         executor: worker for training; a simulation shares one across nodes. ``None``
             gives the node a private single-thread worker.
         observer: optional callback after every round.
+        presence: optional live membership (MQTT discovery); a neighbour it reports
+            offline is not waited for.
+        checkpoint: optional ``f(metrics)`` called in the worker right after a round is
+            averaged and evaluated, while the learner holds the weights the next round
+            starts from (a deployment records the round and saves its checkpoint there).
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class Node:
         *,
         executor: Executor | None = None,
         observer: RoundObserver | None = None,
+        presence: PeerPresence | None = None,
+        checkpoint: Callable[[RoundMetrics], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -140,12 +148,16 @@ class Node:
         self.schedule = schedule
         self.transport = transport
         self.observer = observer
+        self.presence = presence
+        self.checkpoint = checkpoint
+        self.peers = PeerTracker(schedule.peers(config.name))
         self.stats = NodeStats()
         self.history: list[RoundMetrics] = []
         self._executor = executor
         self._own_executor: ThreadPoolExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
         self._addresses: dict[str, str] = {}
+        self._replied: dict[str, float] = {}  # peer -> when we last answered its hello
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(learner.get_weights())
         self._tasks: asyncio.TaskGroup | None = None
         self._receiver: asyncio.Task[None] | None = None
@@ -160,6 +172,8 @@ class Node:
             self._own_executor = ThreadPoolExecutor(1, thread_name_prefix=f"p2pfl-{self.name}")
             self._executor = self._own_executor
         self._activity = asyncio.Condition()
+        if self.presence is not None:
+            self.presence.subscribe(self._inbox.poke)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._receiver = self._tasks.create_task(self._receive_loop(), name=f"{self.name}-recv")
@@ -190,6 +204,38 @@ class Node:
         async with asyncio.timeout(timeout), activity:
             await activity.wait_for(lambda: predicate(self.stats))
 
+    async def wait_until_ready(
+        self, condition: StartCondition, *, hello_interval: float = 1.0, log_every: float = 10.0
+    ) -> None:
+        """Greet the neighbours until ``condition`` holds (who is up, or a start time).
+
+        Hellos are resent with exponential backoff (up to 8x ``hello_interval``) to those
+        not heard from yet; whom the node still waits for is logged every ``log_every`` s.
+        """
+        if self._tasks is None:
+            raise NodeError(f"node {self.name} is not started: use 'async with node:'")
+        interval = hello_interval
+        last_log = time.monotonic()
+        while not condition.holds(len(self.peers.present()), len(self.peers.peers)):
+            self._greet(self.peers.absent(), reply=False)
+            if time.monotonic() - last_log >= log_every:
+                log.info(
+                    "node %s waiting to start (%s): no word yet from %s",
+                    self.name, condition, ", ".join(self.peers.absent()) or "nobody",
+                )
+                last_log = time.monotonic()
+            await self.peers.wait_for_news(interval)
+            interval = min(interval * 2, hello_interval * 8)
+        log.info("node %s: start condition %s holds; present: %s",
+                 self.name, condition, ", ".join(sorted(self.peers.present())) or "none")
+
+    def _greet(self, peers: list[str], *, reply: bool) -> None:
+        frames = wire.encode(
+            kind="hello", sender=self.name, round=self._inbox.current_round, samples=0,
+            tensors={}, meta={"reply": reply},
+        )
+        self._send_to(tuple(peers), frames, quiet=True)
+
     def add_peer(self, name: str, endpoint: str) -> None:
         """Tell the node where ``name`` listens; the link opens when first needed."""
         self._addresses[name] = endpoint
@@ -203,18 +249,17 @@ class Node:
         first = len(self.history)
         rounds = range(self.config.start_round, self.config.rounds)
         if rounds:
-            step = await self._in_worker(self._worker_step, None, rounds[0])
+            step = await self._in_worker(self._worker_step, None, None, rounds[0])
             for round_ in rounds:
                 exchange = await self._exchange(round_, step)
                 upcoming = round_ + 1 if round_ + 1 in rounds else None
                 # One hand-off to the worker per round: mixing and evaluating this round
                 # and training the next are one job, so loop and worker meet once.
-                next_step = await self._in_worker(self._worker_step, exchange, upcoming)
-                metrics = self._round_metrics(round_, step, exchange, next_step)
-                self.history.append(metrics)
-                if self.observer is not None and next_step.mixed is not None:
-                    self.observer.on_round_end(metrics, next_step.mixed)
-                step = next_step
+                step = await self._in_worker(self._worker_step, step, exchange, upcoming)
+                assert step.metrics is not None and step.mixed is not None
+                self.history.append(step.metrics)
+                if self.observer is not None:
+                    self.observer.on_round_end(step.metrics, step.mixed)
         return self.history[first:]
 
     async def _exchange(self, round_: int, step: _WorkerStep) -> _Exchange:
@@ -227,7 +272,10 @@ class Node:
             samples=step.trained.samples, tensors=step.weights,
         )
         sent = self._send_to(plan.send_to, frames)
-        received = await self._inbox.collect(round_, plan.expect_from, self.config.round_timeout)
+        skip = self.presence.is_offline if self.presence is not None else None
+        received = await self._inbox.collect(
+            round_, plan.expect_from, self.config.round_timeout, skip=skip
+        )
         missing = tuple(p for p in plan.expect_from if p not in received)
         if missing:
             log.warning(
@@ -235,6 +283,7 @@ class Node:
                 self.name, round_, ", ".join(missing), self.config.round_timeout,
             )
         return _Exchange(
+            round=round_,
             own=step.weights,
             received={peer: msg.tensors for peer, msg in received.items()},
             weights=plan.weights,
@@ -244,14 +293,19 @@ class Node:
             seconds=time.perf_counter() - started,
         )
 
-    def _worker_step(self, exchange: _Exchange | None, train_round: int | None) -> _WorkerStep:
+    def _worker_step(
+        self, previous: _WorkerStep | None, exchange: _Exchange | None, train_round: int | None
+    ) -> _WorkerStep:
         """Runs in the worker: finish a round (mix, evaluate), then train the next one."""
         started = time.perf_counter()
-        mixed = evaluation = None
-        if exchange is not None:
+        mixed = metrics = None
+        if previous is not None and exchange is not None:
             mixed = mix(self.name, exchange.own, exchange.received, exchange.weights)
             self.learner.set_weights(mixed)
             evaluation = self.learner.evaluate()
+            metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)
+            if self.checkpoint is not None:
+                self.checkpoint(metrics)
         mixed_at = time.perf_counter()
         trained = weights = None
         if train_round is not None:
@@ -259,28 +313,30 @@ class Node:
             # A fresh snapshot: its frames may sit in a slow peer's queue while we train on.
             weights = self.learner.get_weights()
         return _WorkerStep(
-            mixed=mixed, evaluation=evaluation, trained=trained, weights=weights,
-            mix_seconds=mixed_at - started, train_seconds=time.perf_counter() - mixed_at,
+            mixed=mixed, metrics=metrics, trained=trained, weights=weights,
+            train_seconds=time.perf_counter() - mixed_at,
         )
 
     def _round_metrics(
-        self, round_: int, step: _WorkerStep, exchange: _Exchange, next_step: _WorkerStep
+        self, step: _WorkerStep, exchange: _Exchange, evaluation: EvalResult, mix_seconds: float
     ) -> RoundMetrics:
-        assert step.trained is not None and next_step.evaluation is not None
+        assert step.trained is not None
         return RoundMetrics(
             node=self.name,
-            round=round_,
+            round=exchange.round,
             train_loss=step.trained.loss,
-            test_loss=next_step.evaluation.loss,
-            test_accuracy=next_step.evaluation.accuracy,
+            test_loss=evaluation.loss,
+            test_accuracy=evaluation.accuracy,
             bytes_sent=exchange.bytes_sent,
             bytes_received=exchange.bytes_received,
-            round_seconds=step.train_seconds + exchange.seconds + next_step.mix_seconds,
+            round_seconds=step.train_seconds + exchange.seconds + mix_seconds,
             received_from=tuple(exchange.received),
             missing=exchange.missing,
         )
 
-    def _send_to(self, peers: tuple[str, ...], frames: list[bytes | memoryview]) -> int:
+    def _send_to(
+        self, peers: tuple[str, ...], frames: list[bytes | memoryview], *, quiet: bool = False
+    ) -> int:
         """Queue ``frames`` for each peer; returns the bytes actually queued."""
         size = sum(len(f) for f in frames)
         sent = 0
@@ -294,7 +350,8 @@ class Node:
                 sent += size
             else:
                 self.stats.sends_dropped += 1
-                log.warning("node %s: queue to %s is full (down or far behind); dropped", self.name, peer)
+                if not quiet:
+                    log.warning("node %s: queue to %s is full (down or far behind); dropped", self.name, peer)
         self.stats.bytes_sent += sent
         return sent
 
@@ -321,9 +378,25 @@ class Node:
                     activity.notify_all()
 
     def _accept(self, incoming: Incoming) -> None:
+        # [security hook] With link security on, the authenticated key (checked against the
+        # current allow-list, so a revocation reaches open connections too) decides who
+        # sent the message, before any byte of it is parsed; the header must agree.
+        security = self.transport.security
+        member = None
+        if security is not None:
+            member = security.member_for(incoming.user_id)
+            if member is None:
+                raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
         message = wire.decode(incoming.frames, schema=self._schema, limits=self.config.limits)
+        if member is not None and message.sender != member:
+            raise WireError(
+                "sender_mismatch", f"header claims sender {message.sender!r}, the link is {member!r}'s"
+            )
         if message.sender == self.name:
             raise WireError("unknown_sender", "message claims to come from this node itself")
+        if message.kind == "hello":
+            self._on_hello(message)
+            return
         if message.round >= self.config.rounds:
             raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
         if message.round >= self._inbox.current_round:
@@ -333,7 +406,20 @@ class Node:
                     "unknown_sender", f"{message.sender!r} is not a neighbour in round {message.round}"
                 )
         self._inbox.offer(message)
+        self.peers.heard(message.sender, message.round)
         self.stats.messages_accepted += 1
+
+    def _on_hello(self, message: wire.Message) -> None:
+        if message.sender not in self.peers.peers:
+            raise WireError("unknown_sender", f"hello from {message.sender!r}, not a neighbour")
+        self.peers.heard(message.sender, message.round)
+        self.stats.messages_accepted += 1
+        # Answer a greeting so the greeter learns we are up; never answer an answer, and
+        # at most twice a second per peer, so hellos cannot be used to make us flood.
+        now = time.monotonic()
+        if not message.meta.get("reply", False) and now - self._replied.get(message.sender, 0.0) > 0.5:
+            self._replied[message.sender] = now
+            self._greet([message.sender], reply=True)
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.stats.rejected[reason] += 1

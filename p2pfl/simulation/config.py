@@ -32,6 +32,7 @@ class ExperimentConfig:
     round_timeout: float = 60.0  # seconds a node waits for neighbours each round
     test_fraction: float = 0.2  # share of the dataset held out as the common test set
     device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
+    torch_threads: int = 1  # torch intra-op threads while simulating (0 = leave torch's setting)
     out: str | None = None  # directory for metrics.jsonl / summary.json; None = no files
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class ExperimentConfig:
             raise ConfigError("nodes", f"must be >= 1, got {self.nodes}")
         if self.local_steps < 0:
             raise ConfigError("local_steps", f"must be >= 0 (0 = use local_epochs), got {self.local_steps}")
+        if self.torch_threads < 0:
+            raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         if self.fanout < 0:
             raise ConfigError("fanout", f"must be >= 0 (0 = static topology), got {self.fanout}")
         if not self.lr > 0:

@@ -15,7 +15,7 @@ import torch
 
 from p2pfl.learning.learner import Weights
 from p2pfl.simulation.recorder import RoundSummary, consensus_distances, flatten
-from p2pfl.simulation.setup import Experiment
+from p2pfl.simulation.setup import Experiment, torch_threads
 from p2pfl.topology import mixing_matrix_for_round
 
 
@@ -23,6 +23,11 @@ def run_reference(
     experiment: Experiment, *, on_round: Callable[[RoundSummary], None] | None = None
 ) -> list[Weights]:
     """Run ``experiment`` in-process; returns each node's final weights (index order)."""
+    with torch_threads(experiment.config.torch_threads):
+        return _run(experiment, on_round)
+
+
+def _run(experiment: Experiment, on_round: Callable[[RoundSummary], None] | None) -> list[Weights]:
     names = experiment.names
     learners = experiment.learners
     for round_ in range(experiment.config.rounds):

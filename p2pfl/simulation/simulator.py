@@ -27,7 +27,7 @@ from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node, NodeConfig
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
-from p2pfl.simulation.setup import Experiment, build_experiment
+from p2pfl.simulation.setup import Experiment, build_experiment, torch_threads
 from p2pfl.topology import spectral_gap
 from p2pfl.transport import ZmqTransport
 
@@ -64,11 +64,11 @@ async def simulate(
     recorder = MetricsRecorder(experiment.names, out_dir, progress)
     started = time.perf_counter()
     context = zmq.Context()
-    # One worker: torch already uses every core per op, and one thread keeps the
-    # learners' turns with torch's global RNG free of contention.
+    # One worker: the learners take turns with torch's global RNG anyway, and a single
+    # thread keeps those turns free of contention.
     executor = ThreadPoolExecutor(1, thread_name_prefix="p2pfl-train")
     try:
-        with _endpoints(config.transport) as endpoint_for:
+        with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
             nodes = [
                 Node(
                     NodeConfig(name=name, rounds=config.rounds, round_timeout=config.round_timeout),

@@ -1,0 +1,75 @@
+"""``p2pfl node --config node.toml``: run one organisation's node until training ends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger("p2pfl.node")
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "node",
+        help="run this organisation's node (long-lived; resumes from its checkpoint)",
+        description="Run one organisation's node. SIGINT/SIGTERM stop it cleanly (restart to "
+        "resume from the last checkpoint); SIGHUP reloads the allow-list.",
+    )
+    parser.add_argument("--config", required=True, help="the node's node.toml")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain-text links without authentication (logs a warning)")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--state-dir", help="override where checkpoints, metrics and the model go")
+    parser.add_argument("--start", help="override the start condition: all, none, min:N, at:TIME")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from p2pfl.deploy.config import load_node_config
+
+    overrides: dict[str, Any] = {}
+    if args.insecure:
+        overrides["insecure"] = True
+    if args.rounds is not None:
+        overrides["rounds"] = args.rounds
+    if args.state_dir is not None:
+        overrides["state_dir"] = args.state_dir
+    if args.start is not None:
+        overrides["start"] = args.start
+    config, base = load_node_config(args.config, **overrides)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("p2pfl").setLevel(logging.INFO)  # a service should say what it does
+    return asyncio.run(_main(config, base))
+
+
+async def _main(config: Any, base: Any) -> int:
+    from p2pfl.deploy.runner import run_org_node
+
+    task = asyncio.create_task(run_org_node(config, base))
+    loop = asyncio.get_running_loop()
+    stopping = []
+
+    def stop(signum: int) -> None:
+        stopping.append(signum)
+        log.info("received %s: stopping after cleanup", signal.Signals(signum).name)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        outcome = await task
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        log.info("node %s stopped; start it again to resume from its last checkpoint", config.name)
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+    log.info("node %s done: final model at %s", config.name, outcome.final_model)
+    return 0

@@ -1,0 +1,340 @@
+"""One organisation's long-lived node process: ``p2pfl node --config node.toml``.
+
+It builds the organisation's learner from its own code, joins the consortium with
+CurveZMQ on every link (plain text only with ``insecure``), waits for its start
+condition, checkpoints after every round, resumes from its last checkpoint when
+restarted, reloads the allow-list on SIGHUP or when the consortium file changes, stops
+cleanly on SIGINT/SIGTERM, and saves its final model as a plain torch state_dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import math
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from p2pfl.deploy.checkpoint import load_checkpoint, restore_learner, save_checkpoint, save_final_model
+from p2pfl.deploy.config import OrgNodeConfig, resolve
+from p2pfl.errors import ConfigError
+from p2pfl.learning.learner import Learner, TorchLearner, Weights
+from p2pfl.node.node import Node, NodeConfig, RoundMetrics
+from p2pfl.node.peers import StartCondition
+from p2pfl.topology import RoundPlan, StaticSchedule, build_topology
+from p2pfl.topology.schedule import GossipSchedule
+from p2pfl.transport import ZmqTransport
+
+log = logging.getLogger(__name__)
+
+#: How often the consortium file's modification time is checked for an allow-list reload.
+RELOAD_POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Who this node talks to: schedule, peer endpoints, public keys (if any)."""
+
+    schedule: GossipSchedule
+    endpoints: Mapping[str, str]
+    keys_loader: Callable[[], dict[str, str]] | None  # name -> public key, re-read on reload
+    watch_file: Path | None  # the file whose change triggers a reload
+    consortium_name: str
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a node process ended."""
+
+    completed: bool
+    last_round: int  # last finished round (-1 if none)
+    final_model: Path | None
+
+
+def build_learner(config: OrgNodeConfig, base: Path) -> Learner:
+    """Import ``module:function`` and call it with ``learner_args``.
+
+    The node.toml folder is importable, so an organisation can keep its learner module
+    next to its config.
+    """
+    module_name, _, function_name = config.learner.partition(":")
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("learner", f"cannot load {config.learner!r}: {exc}") from None
+    learner = factory(**config.learner_args)
+    for method in ("train", "evaluate", "get_weights", "set_weights"):
+        if not callable(getattr(learner, method, None)):
+            raise ConfigError(
+                "learner", f"{config.learner} returned {type(learner).__name__} without {method}(); "
+                "return a p2pfl.TorchLearner or another Learner"
+            )
+    if isinstance(learner, TorchLearner):  # the schedule in node.toml wins
+        learner.local_epochs = config.local_epochs
+        learner.local_steps = config.local_steps or None
+    return learner
+
+
+def load_membership(config: OrgNodeConfig, base: Path) -> Membership:
+    """Schedule and peers from the consortium file, or from static ``peers``/``topology``."""
+    if config.consortium:
+        from p2pfl.consortium.public import allow_list_loader, load_consortium
+
+        path = resolve(base, config.consortium)
+        consortium = load_consortium(path)
+        topology_path = resolve(path.parent, consortium.topology)
+        topology = build_topology(str(topology_path), seed=consortium.seed, mixing=consortium.mixing)
+        if config.name not in topology.names:
+            raise ConfigError("name", f"{config.name!r} is not a member of {path}: members are {topology.names}")
+        endpoints = {m.name: m.endpoint for m in consortium.members if m.name != config.name}
+        return Membership(StaticSchedule(topology), endpoints, allow_list_loader(path), path, consortium.name)
+    if config.topology:
+        topology = build_topology(config.topology, seed=config.seed, mixing=config.mixing)
+        if config.name not in topology.names:
+            raise ConfigError("topology", f"{config.name!r} is not a node of {config.topology}")
+        schedule: GossipSchedule = StaticSchedule(topology)
+    else:
+        schedule = NeighbourListSchedule(config.name, tuple(config.peers))
+    missing = [p for p in schedule.peers(config.name) if p not in config.peers]
+    if missing:
+        raise ConfigError("peers", f"no endpoint for neighbour(s) {missing}: add name = \"tcp://host:port\"")
+    return Membership(schedule, dict(config.peers), None, None, "static")
+
+
+class NeighbourListSchedule:
+    """A node that only knows its own neighbour list: uniform weights 1/(degree + 1).
+
+    Exactly Metropolis–Hastings when every node has the same degree; for other graphs
+    give the whole topology (a consortium file or ``topology``) so weights stay doubly
+    stochastic.
+    """
+
+    def __init__(self, name: str, peers: tuple[str, ...]) -> None:
+        self._name = name
+        self._peers = tuple(sorted(peers))
+        share = 1.0 / (len(self._peers) + 1)
+        self._plan = RoundPlan(send_to=self._peers, weights={n: share for n in (name, *self._peers)}, node=name)
+
+    def plan(self, node: str, round: int) -> RoundPlan:
+        return self._plan
+
+    def peers(self, node: str) -> tuple[str, ...]:
+        return self._peers
+
+
+class RoundRecorder:
+    """Writes each finished round: its ``metrics.jsonl`` line, then the checkpoint.
+
+    Runs in the node's worker (the node's ``checkpoint`` hook). A crash between the two
+    writes leaves one line more than the checkpoint covers; :meth:`trim` drops such
+    lines on resume, so the log and the checkpoint always agree.
+    """
+
+    def __init__(self, state_dir: Path, name: str, learner: Learner) -> None:
+        self.state_dir = state_dir
+        self.name = name
+        self.learner = learner
+        self.path = state_dir / "metrics.jsonl"
+
+    def trim(self, last_round: int) -> None:
+        """Keep only rows up to ``last_round`` (the checkpoint's round)."""
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("round", -1) <= last_round]
+        if len(kept) != len(rows):
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def __call__(self, metrics: RoundMetrics) -> None:
+        row = dict(vars(metrics))
+        row["received_from"] = list(metrics.received_from)
+        row["missing"] = list(metrics.missing)
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        save_checkpoint(self.state_dir, self.name, metrics.round, self.learner)
+        log.info(
+            "round %d done: accuracy %.4f, loss %.4f, from %s%s", metrics.round, metrics.test_accuracy,
+            metrics.test_loss, ",".join(metrics.received_from) or "nobody",
+            f", missing {','.join(metrics.missing)}" if metrics.missing else "",
+        )
+
+
+class ProgressQueue:
+    """A RoundObserver handing each round's metrics to the progress publisher."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[RoundMetrics] = asyncio.Queue(maxsize=64)
+
+    def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # the broker is behind: skip a report
+            self.queue.put_nowait(metrics)
+
+
+async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
+    """Run the node until its last round, or until cancelled (SIGINT/SIGTERM).
+
+    Args:
+        config: the node's config.
+        base: folder that relative paths in ``config`` are relative to.
+    """
+    state_dir = resolve(base, config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)  # this process is the node's own
+    membership = load_membership(config, base)
+    learner = build_learner(config, base)
+    recorder = RoundRecorder(state_dir, config.name, learner)
+    start_round = 0
+    saved = load_checkpoint(state_dir, config.name)
+    if saved is not None:
+        restore_learner(learner, saved.learner)
+        start_round = saved.round + 1
+        log.info("resuming from checkpoint after round %d", saved.round)
+    recorder.trim(start_round - 1)
+    if start_round >= config.rounds:
+        log.info("all %d rounds were already done", config.rounds)
+        return RunOutcome(True, config.rounds - 1, save_final_model(state_dir, learner))
+
+    context = zmq.Context()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            security, allowlist = await _link_security(config, base, membership, context, stack)
+            progress = ProgressQueue()
+            presence = await _presence(config, membership, security, allowlist, stack)
+            node = Node(
+                NodeConfig(
+                    name=config.name, rounds=config.rounds, round_timeout=config.round_timeout,
+                    start_round=start_round,
+                ),
+                learner,
+                membership.schedule,
+                ZmqTransport(context, config.bind, security=security),
+                observer=progress if presence else None,
+                presence=presence,
+                checkpoint=recorder,
+            )
+            await stack.enter_async_context(node)
+            log.info("node %s listening on %s (%s)", config.name, node.endpoint,
+                     "plain text" if security is None else "CurveZMQ")
+            for peer in membership.schedule.peers(config.name):
+                node.add_peer(peer, membership.endpoints[peer])
+            async with asyncio.TaskGroup() as group:
+                # background duties that live exactly as long as the training
+                duties = []
+                if allowlist is not None:
+                    duties.append(group.create_task(_reload_allowlist(allowlist, membership.watch_file)))
+                if presence is not None:
+                    duties.append(group.create_task(_publish_progress(presence, progress.queue)))
+                try:
+                    await node.wait_until_ready(
+                        StartCondition.parse(config.start), hello_interval=config.hello_interval
+                    )
+                    await node.run()
+                finally:
+                    for task in duties:
+                        task.cancel()
+    finally:
+        context.term()
+    path = save_final_model(state_dir, learner)
+    log.info("training finished after %d rounds; final model saved to %s", config.rounds, path)
+    return RunOutcome(True, config.rounds - 1, path)
+
+
+async def _link_security(
+    config: OrgNodeConfig, base: Path, membership: Membership, context: zmq.Context,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[Any, Any]:
+    if config.insecure:
+        log.warning(
+            "node %s runs with --insecure: links are NOT encrypted or authenticated; "
+            "anyone who can reach %s can send models", config.name, config.bind,
+        )
+        return None, None
+    from p2pfl.security import AllowList, CurveSecurity, curve_authenticator, read_secret_key
+
+    if membership.keys_loader is None:
+        raise ConfigError("consortium", "CurveZMQ needs the members' public keys: give a consortium file")
+    keypair = read_secret_key(resolve(base, config.secret_key))
+    allowlist = AllowList(membership.keys_loader)
+    if allowlist.key_for(config.name) != keypair.public:
+        raise ConfigError(
+            "secret_key", f"the key in {config.secret_key} is not the key the consortium lists for "
+            f"{config.name!r}: use this member's own key file"
+        )
+    await stack.enter_async_context(curve_authenticator(context, allowlist))
+    return CurveSecurity(keypair, allowlist), allowlist
+
+
+async def _presence(
+    config: OrgNodeConfig, membership: Membership, security: Any, allowlist: Any,
+    stack: contextlib.AsyncExitStack,
+) -> Any:
+    if not config.discovery:
+        return None
+    from p2pfl.discovery import MqttPresence
+    from p2pfl.security import fingerprint
+
+    own = fingerprint(security.public_key) if security is not None else "insecure"
+
+    def is_member(name: str, announced: str) -> bool:
+        if allowlist is None:
+            return name in membership.endpoints or name == config.name
+        key = allowlist.key_for(name)
+        return key is not None and fingerprint(key) == announced
+
+    endpoint = membership.endpoints.get(config.name, config.bind)
+    presence = MqttPresence(config.discovery, membership.consortium_name, config.name, endpoint, own, is_member)
+    return await stack.enter_async_context(presence)
+
+
+async def _publish_progress(presence: Any, progress: asyncio.Queue[RoundMetrics]) -> None:
+    while True:
+        metrics = await progress.get()
+        try:
+            await presence.publish_progress(metrics.round, metrics.test_accuracy, metrics.test_loss)
+        except Exception as exc:  # the broker is optional: training must not depend on it
+            log.warning("could not publish progress to the broker: %s", exc)
+
+
+async def _reload_allowlist(allowlist: Any, watch_file: Path | None) -> None:
+    """Reload on SIGHUP, and when the consortium file changes."""
+    loop = asyncio.get_running_loop()
+    hangup = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread / Windows
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    last = _mtime(watch_file)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RELOAD_POLL_SECONDS):
+                    await hangup.wait()
+            changed = _mtime(watch_file) != last
+            if hangup.is_set() or changed:
+                hangup.clear()
+                last = _mtime(watch_file)
+                added, removed = allowlist.reload()
+                log.info("allow-list reloaded: added %s, removed %s",
+                         sorted(added) or "none", sorted(removed) or "none")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:
+        return None

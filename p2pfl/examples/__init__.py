@@ -1,0 +1,1 @@
+"""Ready-made learner entry points for demos, rehearsals and tests."""

@@ -1,0 +1,109 @@
+"""What a node knows of its neighbours' liveness, and when it may start training."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from p2pfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StartCondition:
+    """When a node starts its first round.
+
+    ``all``: every neighbour has said hello; ``min:N``: at least N have; ``at:TIME``: at
+    an ISO-8601 time (UTC if no zone given); ``none``: at once.
+    """
+
+    kind: str
+    count: int = 0
+    at: datetime | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> StartCondition:
+        """Parse ``all``, ``none``, ``min:N`` or ``at:2026-12-01T10:00:00Z``."""
+        kind, _, value = spec.strip().partition(":")
+        if kind in ("all", "none") and not value:
+            return cls(kind)
+        if kind == "min" and value.isdigit() and int(value) >= 0:
+            return cls("min", count=int(value))
+        if kind == "at" and value:
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+            else:
+                return cls("at", at=when if when.tzinfo else when.replace(tzinfo=UTC))
+        raise ConfigError(
+            "start", f"{spec!r} is not a start condition: use all, none, min:N or at:2026-12-01T10:00:00Z"
+        )
+
+    def holds(self, present: int, neighbours: int, now: datetime | None = None) -> bool:
+        if self.kind == "all":
+            return present >= neighbours
+        if self.kind == "min":
+            return present >= min(self.count, neighbours)
+        if self.kind == "at":
+            assert self.at is not None
+            return (now or datetime.now(UTC)) >= self.at
+        return True
+
+    def __str__(self) -> str:
+        if self.kind == "min":
+            return f"min:{self.count}"
+        if self.kind == "at":
+            assert self.at is not None
+            return f"at:{self.at.isoformat()}"
+        return self.kind
+
+
+class PeerTracker:
+    """Last time and round each neighbour was heard from (any valid message counts)."""
+
+    def __init__(self, peers: Iterable[str]) -> None:
+        self.peers = tuple(sorted(peers))
+        self._heard: dict[str, tuple[float, int]] = {}
+        self._changed = asyncio.Event()
+
+    def heard(self, peer: str, round: int) -> None:
+        first = peer not in self._heard
+        self._heard[peer] = (time.monotonic(), round)
+        if first:
+            self._changed.set()
+
+    def present(self) -> set[str]:
+        """Neighbours heard from at least once."""
+        return set(self._heard) & set(self.peers)
+
+    def absent(self) -> list[str]:
+        return [p for p in self.peers if p not in self._heard]
+
+    def last_round(self, peer: str) -> int | None:
+        entry = self._heard.get(peer)
+        return entry[1] if entry else None
+
+    async def wait_for_news(self, timeout: float) -> None:
+        """Return when a new neighbour is heard from, or after ``timeout`` seconds."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+
+class PeerPresence(Protocol):
+    """Live membership from outside the node (e.g. MQTT discovery with Last Will)."""
+
+    def is_offline(self, peer: str) -> bool:
+        """True only when the peer is known to be down (unknown peers are not offline)."""
+        ...
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the event loop after any membership change."""
+        ...
