@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +29,7 @@ EXIT_CODES: dict[type[P2PFLError], int] = {
 
 def build_parser() -> argparse.ArgumentParser:
     from p2pfl import __version__
-    from p2pfl.cli import data, report, simulate, topology
+    from p2pfl.cli import consortium, data, node, report, simulate, topology, watch
 
     parser = argparse.ArgumentParser(
         prog="p2pfl", description="Serverless federated learning over ZeroMQ."
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (simulate, topology, data, report):
+    for module in (simulate, topology, data, report, node, watch, consortium):
         module.register(commands)
     return parser
 
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("p2pfl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (p2pfl ... | head): quiet, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class ExperimentConfig:
     batch_size: int = 16  # local mini-batch size
     seed: int = 0  # fixes data split, partition, init, shuffling and random graphs
     transport: str = "inproc"  # inproc | ipc | tcp (127.0.0.1, ephemeral ports)
+    curve: bool = False  # CurveZMQ on every link (fresh keys per node, allow-list of all nodes)
     round_timeout: float = 60.0  # seconds a node waits for neighbours each round
     test_fraction: float = 0.2  # share of the dataset held out as the common test set
     device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
@@ -58,6 +59,8 @@ class ExperimentConfig:
             raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.transport not in TRANSPORTS:
             raise ConfigError("transport", f"must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if self.curve and self.transport == "inproc":
+            raise ConfigError("curve", "CurveZMQ needs a network transport: use transport = \"tcp\" or \"ipc\"")
         if not self.round_timeout > 0:
             raise ConfigError("round_timeout", f"must be > 0 seconds, got {self.round_timeout}")
         if not 0 < self.test_fraction < 1:

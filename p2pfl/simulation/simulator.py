@@ -69,18 +69,21 @@ async def simulate(
     executor = ThreadPoolExecutor(1, thread_name_prefix="p2pfl-train")
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
+            security_for, authenticator = _link_security(config.curve, experiment.names, context)
             nodes = [
                 Node(
                     NodeConfig(name=name, rounds=config.rounds, round_timeout=config.round_timeout),
                     learner,
                     experiment.schedule,
-                    ZmqTransport(context, endpoint_for(i)),
+                    ZmqTransport(context, endpoint_for(i), security=security_for(name)),
                     executor=executor,
                     observer=recorder,
                 )
                 for i, (name, learner) in enumerate(zip(experiment.names, experiment.learners, strict=True))
             ]
             async with contextlib.AsyncExitStack() as stack:
+                if authenticator is not None:
+                    await stack.enter_async_context(authenticator)
                 for node in nodes:
                     await stack.enter_async_context(node)
                 endpoints = {node.name: node.endpoint for node in nodes}
@@ -109,6 +112,17 @@ def run_simulation(
 ) -> SimulationResult:
     """Blocking wrapper around :func:`simulate` for scripts."""
     return asyncio.run(simulate(config, progress=progress))
+
+
+def _link_security(curve: bool, names: list[str], context: zmq.Context) -> tuple[Any, Any]:
+    """Per-node CurveSecurity (fresh keys, everyone allow-listed) and the context's ZAP handler."""
+    if not curve:
+        return (lambda name: None), None
+    from p2pfl.security import AllowList, CurveSecurity, curve_authenticator, generate_keypair
+
+    keypairs = {name: generate_keypair() for name in names}
+    allowlist = AllowList(lambda: {name: pair.public for name, pair in keypairs.items()})
+    return (lambda name: CurveSecurity(keypairs[name], allowlist)), curve_authenticator(context, allowlist)
 
 
 @contextlib.contextmanager

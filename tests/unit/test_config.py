@@ -129,6 +129,9 @@ def test_overrides_parse_scalars() -> None:
     }
     assert isinstance(values["nodes"], int) and isinstance(values["lr"], float)
     assert parse_overrides(['topology="torus:4x4"'])["topology"] == "torus:4x4"
+    # TOML would read these as a date and a time; on the command line they are text
+    assert parse_overrides(["out=2024-05-01", "out2=12:30:00"]) == {"out": "2024-05-01", "out2": "12:30:00"}
+    assert config_from_mapping(ExperimentConfig, parse_overrides(["out=2024-05-01"])).out == "2024-05-01"
 
 
 def test_overrides_feed_the_config() -> None:

@@ -1,0 +1,50 @@
+"""A 5-organisation consortium as 5 OS processes with CurveZMQ, against the simulator."""
+
+from __future__ import annotations
+
+import json
+
+from p2pfl import ExperimentConfig, simulate
+from p2pfl.consortium.rehearsal import rehearse
+
+MEMBERS = ["charite", "karolinska", "st-marys", "hopkins", "sickkids"]
+ROUNDS = 6
+
+
+def write_description(path):
+    members = "\n".join(
+        f'[[members]]\nname = "{name}"\nhost = "placeholder"\nport = {7000 + i}\n'
+        for i, name in enumerate(MEMBERS)
+    )
+    path.write_text(
+        'name = "rehearsal"\ntopology = "ring"\nseed = 0\n[training]\n'
+        f"rounds = {ROUNDS}\nround_timeout = 60.0\n"
+        'learner = "p2pfl.examples.bundled:build_learner"\n'
+        'learner_args = { dataset = "digits", partition = "dirichlet:0.5", nodes = 5 }\n' + members
+    )
+
+
+async def test_five_curve_processes_reach_the_simulators_accuracy(tmp_path):
+    description = tmp_path / "consortium.toml"
+    write_description(description)
+    result = rehearse(description, tmp_path / "run", timeout=300)
+    assert result.returncodes == dict.fromkeys(MEMBERS, 0)
+    for name in MEMBERS:
+        log = (tmp_path / "run" / "logs" / f"{name}.log").read_text()
+        assert "(CurveZMQ)" in log and "insecure" not in log
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == ROUNDS
+
+    simulated = await simulate(
+        ExperimentConfig(nodes=5, topology="ring", partition="dirichlet:0.5", rounds=ROUNDS)
+    )
+    expected = {
+        MEMBERS[int(row["node"])]: row["test_accuracy"]
+        for row in simulated.rows if row["round"] == ROUNDS - 1
+    }
+    for name in MEMBERS:
+        assert abs(summary["accuracy_by_member"][name] - expected[name]) <= 0.01, name
+    assert summary["mean_accuracy"] > 0.85
+    # the merged metrics are what `p2pfl report` reads
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5 * ROUNDS
