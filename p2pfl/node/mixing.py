@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
 from p2pfl.learning.learner import Weights
+
+
+class Aggregator(Protocol):
+    """How a node combines its model with its neighbours' (``mix`` is the default).
+
+    Called in the worker thread once per round with this node's name, its own tensors,
+    the tensors that arrived (by peer) and the round's mixing weights (own name and
+    every expected peer; renormalise over the present ones). Must return new arrays and
+    leave its inputs untouched: ``own`` may still be queued for sending.
+    """
+
+    def __call__(
+        self,
+        own_name: str,
+        own: Mapping[str, np.ndarray],
+        received: Mapping[str, Mapping[str, np.ndarray]],
+        weights: Mapping[str, float],
+    ) -> Weights: ...
 
 
 def mix(

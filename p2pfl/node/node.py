@@ -19,7 +19,7 @@ from p2pfl import wire
 from p2pfl.errors import NodeError, WireError
 from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
 from p2pfl.node.inbox import RoundInbox
-from p2pfl.node.mixing import mix
+from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import Incoming, ZmqTransport
@@ -128,6 +128,8 @@ class Node:
         checkpoint: optional ``f(metrics)`` called in the worker right after a round is
             averaged and evaluated, while the learner holds the weights the next round
             starts from (a deployment records the round and saves its checkpoint there).
+        aggregator: how received models are combined with the node's own; weighted
+            averaging with the mixing weights (``mix``) by default.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Node:
         observer: RoundObserver | None = None,
         presence: PeerPresence | None = None,
         checkpoint: Callable[[RoundMetrics], None] | None = None,
+        aggregator: Aggregator = mix,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -150,6 +153,7 @@ class Node:
         self.observer = observer
         self.presence = presence
         self.checkpoint = checkpoint
+        self.aggregator = aggregator
         self.peers = PeerTracker(schedule.peers(config.name))
         self.stats = NodeStats()
         self.history: list[RoundMetrics] = []
@@ -300,7 +304,7 @@ class Node:
         started = time.perf_counter()
         mixed = metrics = None
         if previous is not None and exchange is not None:
-            mixed = mix(self.name, exchange.own, exchange.received, exchange.weights)
+            mixed = self.aggregator(self.name, exchange.own, exchange.received, exchange.weights)
             self.learner.set_weights(mixed)
             evaluation = self.learner.evaluate()
             metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)

@@ -165,3 +165,30 @@ def test_curve_is_required_unless_insecure(tmp_path, secret_missing):
     )
     assert result.returncode == 2
     assert "secret_key" in result.stderr and "--insecure" in result.stderr
+
+
+def test_with_mqtt_discovery_a_killed_neighbour_is_not_waited_for(tmp_path, mqtt_broker):
+    rounds, deadline = 6, 120.0
+    configs = write_ring_configs(tmp_path, 3, rounds=rounds, round_timeout=deadline)
+    for config in configs:
+        config.write_text(config.read_text().replace(
+            "[peers]", f'discovery = "{mqtt_broker}"\n[peers]'
+        ))
+    processes = [start(c) for c in configs]
+    try:
+        wait_for(lambda: len(metrics_rows(tmp_path / "state2")) >= 2, TIMEOUT, "two rounds of node 2")
+        killed_at = time.monotonic()
+        os.kill(processes[2].pid, signal.SIGKILL)
+        processes[2].wait()
+        outputs = finish(processes[:2])
+        elapsed = time.monotonic() - killed_at
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    # without the broker's Last Will they would wait out 120 s in each remaining round
+    assert elapsed < deadline, outputs
+    for i in (0, 1):
+        rows = metrics_rows(tmp_path / f"state{i}")
+        assert rows[-1]["round"] == rounds - 1, outputs[i]
+        assert rows[-1]["missing"] == ["2"]
