@@ -235,7 +235,9 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 # background duties that live exactly as long as the training
                 duties = []
                 if allowlist is not None:
-                    duties.append(group.create_task(_reload_allowlist(allowlist, membership.watch_file)))
+                    duties.append(group.create_task(_reload_membership(
+                        allowlist, membership.watch_file, lambda: _apply_membership(node, config, base)
+                    )))
                 if presence is not None:
                     duties.append(group.create_task(_publish_progress(presence, progress.queue)))
                 try:
@@ -251,6 +253,16 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
     path = save_final_model(state_dir, learner)
     log.info("training finished after %d rounds; final model saved to %s", config.rounds, path)
     return RunOutcome(True, config.rounds - 1, path)
+
+
+def _apply_membership(node: Node, config: OrgNodeConfig, base: Path) -> None:
+    """After a reload: the consortium file may have gained or lost members."""
+    try:
+        membership = load_membership(config, base)
+    except Exception as exc:  # a half-edited file must not stop training: keep the old one
+        log.error("consortium file changed but cannot be used (%s); keeping the current membership", exc)
+        return
+    node.update_membership(membership.schedule, membership.endpoints)
 
 
 async def _link_security(
@@ -309,8 +321,10 @@ async def _publish_progress(presence: Any, progress: asyncio.Queue[RoundMetrics]
             log.warning("could not publish progress to the broker: %s", exc)
 
 
-async def _reload_allowlist(allowlist: Any, watch_file: Path | None) -> None:
-    """Reload on SIGHUP, and when the consortium file changes."""
+async def _reload_membership(
+    allowlist: Any, watch_file: Path | None, on_change: Callable[[], None]
+) -> None:
+    """Reload the allow-list (and the membership) on SIGHUP or when the file changes."""
     loop = asyncio.get_running_loop()
     hangup = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread / Windows
@@ -321,13 +335,12 @@ async def _reload_allowlist(allowlist: Any, watch_file: Path | None) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RELOAD_POLL_SECONDS):
                     await hangup.wait()
-            changed = _mtime(watch_file) != last
-            if hangup.is_set() or changed:
+            if hangup.is_set() or _mtime(watch_file) != last:
                 hangup.clear()
                 last = _mtime(watch_file)
-                added, removed = allowlist.reload()
-                log.info("allow-list reloaded: added %s, removed %s",
-                         sorted(added) or "none", sorted(removed) or "none")
+                added, removed = allowlist.reload()  # logs what changed; keeps the old list on errors
+                if added or removed:
+                    on_change()
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)

@@ -240,6 +240,23 @@ class Node:
         )
         self._send_to(tuple(peers), frames, quiet=True)
 
+    def update_membership(self, schedule: GossipSchedule, endpoints: Mapping[str, str]) -> None:
+        """Switch to a new schedule (a member joined or was revoked); takes effect at once.
+
+        Links to peers that are no longer neighbours are closed; new neighbours are
+        reached at ``endpoints``.
+        """
+        self.schedule = schedule
+        peers = schedule.peers(self.name)
+        for name in peers:
+            if name in endpoints:
+                self._addresses[name] = endpoints[name]
+        for gone in set(self.transport.peers) - set(peers):
+            self.transport.disconnect(gone)
+        self.peers.set_peers(peers)
+        self._inbox.poke()  # a waiting round re-checks whom it still expects
+        log.info("node %s: neighbours are now %s", self.name, ", ".join(peers) or "none")
+
     def add_peer(self, name: str, endpoint: str) -> None:
         """Tell the node where ``name`` listens; the link opens when first needed."""
         self._addresses[name] = endpoint
@@ -276,9 +293,8 @@ class Node:
             samples=step.trained.samples, tensors=step.weights,
         )
         sent = self._send_to(plan.send_to, frames)
-        skip = self.presence.is_offline if self.presence is not None else None
         received = await self._inbox.collect(
-            round_, plan.expect_from, self.config.round_timeout, skip=skip
+            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
         )
         missing = tuple(p for p in plan.expect_from if p not in received)
         if missing:
@@ -337,6 +353,12 @@ class Node:
             received_from=tuple(exchange.received),
             missing=exchange.missing,
         )
+
+    def _not_worth_waiting_for(self, peer: str) -> bool:
+        """A peer reported offline, or no longer a neighbour (revoked mid-round)."""
+        if peer not in self.peers.peers:
+            return True
+        return self.presence is not None and self.presence.is_offline(peer)
 
     def _send_to(
         self, peers: tuple[str, ...], frames: list[bytes | memoryview], *, quiet: bool = False

@@ -70,6 +70,10 @@ class PeerTracker:
         self._heard: dict[str, tuple[float, int]] = {}
         self._changed = asyncio.Event()
 
+    def set_peers(self, peers: Iterable[str]) -> None:
+        self.peers = tuple(sorted(peers))
+        self._changed.set()
+
     def heard(self, peer: str, round: int) -> None:
         first = peer not in self._heard
         self._heard[peer] = (time.monotonic(), round)

@@ -1,0 +1,89 @@
+"""Pieces of the organisation node process that need no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from datetime import UTC, datetime
+
+import pytest
+
+from p2pfl.deploy import runner
+from p2pfl.deploy.runner import NeighbourListSchedule, RoundRecorder
+from p2pfl.errors import ConfigError
+from p2pfl.node.peers import StartCondition
+from p2pfl.security import AllowList, generate_keypair
+from p2pfl.testing import tiny_learner
+
+
+def test_start_conditions_parse_and_hold():
+    assert StartCondition.parse("all").holds(present=2, neighbours=2)
+    assert not StartCondition.parse("all").holds(present=1, neighbours=2)
+    assert StartCondition.parse("min:1").holds(present=1, neighbours=3)
+    assert StartCondition.parse("min:5").holds(present=3, neighbours=3)  # capped at the degree
+    assert StartCondition.parse("none").holds(present=0, neighbours=4)
+    at = StartCondition.parse("at:2030-01-01T00:00:00Z")
+    assert not at.holds(0, 1, now=datetime(2029, 12, 31, tzinfo=UTC))
+    assert at.holds(0, 1, now=datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC))
+    for bad in ("some", "min:x", "at:yesterday", "all:3"):
+        with pytest.raises(ConfigError) as info:
+            StartCondition.parse(bad)
+        assert info.value.field == "start"
+
+
+def test_neighbour_list_schedule_weights_uniformly():
+    plan = NeighbourListSchedule("a", ("c", "b")).plan("a", 7)
+    assert plan.send_to == ("b", "c")
+    assert dict(plan.weights) == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+
+
+def test_round_recorder_writes_the_line_then_the_checkpoint_and_trims_on_resume(tmp_path):
+    from p2pfl.deploy.checkpoint import load_checkpoint
+    from p2pfl.node.node import RoundMetrics
+
+    learner = tiny_learner(0)
+    recorder = RoundRecorder(tmp_path, "a", learner)
+    for round_ in range(3):
+        recorder(RoundMetrics("a", round_, 0.5, 0.4, 0.9, 10, 10, 0.1, ("b",), ()))
+    assert load_checkpoint(tmp_path, "a").round == 2
+    recorder.trim(1)  # e.g. killed after writing round 2's line but before its checkpoint
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1]
+
+
+def test_a_checkpoint_of_another_node_is_refused(tmp_path):
+    from p2pfl.deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path, "a", 3, tiny_learner(0))
+    with pytest.raises(ConfigError, match="own state_dir"):
+        load_checkpoint(tmp_path, "b")
+
+
+async def test_membership_reloads_when_the_file_changes_and_on_sighup(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RELOAD_POLL_SECONDS", 0.05)
+    members = tmp_path / "members.json"
+    keys = {name: generate_keypair().public for name in "abc"}
+    members.write_text(json.dumps({n: keys[n] for n in "ab"}))
+    allowlist = AllowList(lambda: json.loads(members.read_text()))
+    changed = asyncio.Event()
+    task = asyncio.create_task(runner._reload_membership(allowlist, members, changed.set))
+    try:
+        await asyncio.sleep(0)  # let the task install its SIGHUP handler  # ok-sleep: one loop turn
+        members.write_text(json.dumps(keys))  # "c" joins
+        os.utime(members, (1, 1))  # a different mtime even on coarse clocks
+        async with asyncio.timeout(10):
+            await changed.wait()
+        assert "c" in allowlist.names
+        changed.clear()
+        members.write_text(json.dumps({n: keys[n] for n in "ac"}))  # "b" revoked, same mtime
+        os.utime(members, (1, 1))
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(10):
+            await changed.wait()
+        assert allowlist.names == {"a", "c"}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
