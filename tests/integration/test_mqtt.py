@@ -1,0 +1,231 @@
+"""MQTT discovery against a real mosquitto broker (started by the ``mqtt_broker`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import pytest
+
+from p2pfl.discovery import MemberStatus, MqttPresence, parse_broker_url, watch_consortium
+from p2pfl.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:
+    from conftest import Mosquitto  # the fixture's class; pytest puts this folder on sys.path
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 8.0  # seconds any one expected broker event may take before the test fails
+
+FINGERPRINTS = {"alice": "fp-alice", "bob": "fp-bob", "victim": "fp-victim"}
+
+
+def known(name: str, fingerprint: str) -> bool:
+    return FINGERPRINTS.get(name) == fingerprint
+
+
+@pytest.fixture
+def consortium() -> str:
+    # Retained messages outlive a test on the shared broker: every test gets its own topics.
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def presence(broker: str, consortium: str, name: str, **kwargs: object) -> MqttPresence:
+    return MqttPresence(
+        broker, consortium, name, f"tcp://127.0.0.1:{5000 + len(name)}",
+        FINGERPRINTS.get(name, f"fp-{name}"), known, **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def until(node: MqttPresence, condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait for ``condition`` to hold, re-checking after each membership change."""
+    changed = asyncio.Event()
+    node.subscribe(changed.set)
+    async with asyncio.timeout(timeout):
+        while not condition():
+            changed.clear()  # no await since the check: no change can slip between them
+            await changed.wait()
+
+
+def state(node: MqttPresence, name: str) -> str | None:
+    member = node.members().get(name)
+    return member.state if member else None
+
+
+@asynccontextmanager
+async def raw_client(broker: str) -> AsyncIterator[aiomqtt.Client]:
+    host, port = parse_broker_url(broker)
+    async with aiomqtt.Client(host, port) as client:
+        yield client
+
+
+async def test_two_presences_see_each_other(mqtt_broker: str, consortium: str) -> None:
+    async with presence(mqtt_broker, consortium, "alice") as alice:
+        async with presence(mqtt_broker, consortium, "bob") as bob:
+            await until(alice, lambda: state(alice, "bob") == "online")
+            await until(bob, lambda: state(bob, "alice") == "online")
+            seen = alice.members()["bob"]
+            assert seen.endpoint == bob.endpoint and seen.fingerprint == "fp-bob"
+            assert bob.members()["alice"].endpoint == alice.endpoint
+            assert bob.members()["alice"].fingerprint == "fp-alice"
+            assert set(alice.members()) == {"alice", "bob"}
+            assert not alice.is_offline("bob") and not alice.is_offline("never-heard-of")
+
+
+async def test_non_members_and_malformed_payloads_are_ignored(
+    mqtt_broker: str, consortium: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"p2pfl/{consortium}/nodes"
+    async with presence(mqtt_broker, consortium, "alice") as alice:
+        async with raw_client(mqtt_broker) as raw:
+            # an outsider, bob's name with someone else's key, then garbage of every kind
+            await raw.publish(f"{prefix}/mallory/status", b'{"state": "online", "fingerprint": "fp-m"}', qos=1)
+            await raw.publish(f"{prefix}/bob/status", b'{"state": "offline", "fingerprint": "fp-evil"}', qos=1)
+            for payload in (b"not json", b"[1, 2]", b'{"state": "sleeping"}', b'{"state": "online", "endpoint": 5}'):
+                await raw.publish(f"{prefix}/alice/status", payload, qos=1)
+            await raw.publish(f"{prefix}/alice/progress", b'{"round": "three"}', qos=1)
+            async with presence(mqtt_broker, consortium, "bob"):
+                # the broker relays one connection's messages in order: bob's "online" comes last
+                await until(alice, lambda: state(alice, "bob") == "online")
+        assert set(alice.members()) == {"alice", "bob"}
+        assert alice.members()["alice"].state == "online" and alice.members()["alice"].round is None
+        assert not alice.is_offline("mallory")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("not a member" in w for w in warnings) == 2  # mallory once, the fake bob once
+    assert sum("malformed" in w for w in warnings) == 5
+
+
+async def test_graceful_exit_shows_left(mqtt_broker: str, consortium: str) -> None:
+    async with presence(mqtt_broker, consortium, "alice") as alice:
+        changes: list[str | None] = []
+        alice.subscribe(lambda: changes.append(state(alice, "bob")))
+        async with presence(mqtt_broker, consortium, "bob"):
+            await until(alice, lambda: state(alice, "bob") == "online")
+        await until(alice, lambda: alice.is_offline("bob"))
+        assert state(alice, "bob") == "left"
+        assert "offline" not in changes  # the Will was discarded, not fired
+    # retained: a late watcher still learns that both left
+    async with aclosing(watch_consortium(mqtt_broker, consortium)) as snapshots:
+        async with asyncio.timeout(WAIT):
+            async for snapshot in snapshots:
+                if {m.state for m in snapshot.values()} == {"left"} and len(snapshot) == 2:
+                    break
+
+
+VICTIM = """
+import asyncio, sys
+from p2pfl.discovery import MqttPresence
+
+async def main():
+    async with MqttPresence(sys.argv[1], sys.argv[2], "victim", "tcp://127.0.0.1:9", "fp-victim",
+                            lambda name, fingerprint: True, keepalive=1):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+async def test_last_will_marks_a_vanished_node_offline(mqtt_broker: str, consortium: str, how: str) -> None:
+    """SIGKILL closes the socket, so the Will fires at once; SIGSTOP leaves it open, so only the
+    keepalive (1.5 x 1 s of silence) reveals that the node is gone, which mosquitto 2.0 checks
+    every 5 s or so: allow for that."""
+    async with presence(mqtt_broker, consortium, "alice") as alice:
+        victim = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", VICTIM, mqtt_broker, consortium,
+            stdout=asyncio.subprocess.PIPE, cwd=REPO,
+        )
+        try:
+            assert victim.stdout is not None
+            async with asyncio.timeout(WAIT):
+                assert await victim.stdout.readline() == b"ready\n"
+            await until(alice, lambda: state(alice, "victim") == "online")
+            victim.send_signal(getattr(signal, how))
+            await until(alice, lambda: alice.is_offline("victim"), timeout=WAIT if how == "SIGKILL" else 15)
+            assert state(alice, "victim") == "offline"
+            assert alice.members()["victim"].endpoint == "tcp://127.0.0.1:9"
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # already reaped after SIGKILL
+                victim.kill()  # also ends a stopped process
+            await victim.wait()
+
+
+async def test_progress_shows_in_watch_snapshots(mqtt_broker: str, consortium: str) -> None:
+    async with aclosing(watch_consortium(mqtt_broker, consortium)) as snapshots:
+        first = await anext(snapshots)
+        assert first == {}
+        async with presence(mqtt_broker, consortium, "alice") as alice:
+            await alice.publish_progress(3, 0.875, 0.42)
+            async with asyncio.timeout(WAIT):
+                async for snapshot in snapshots:
+                    member = snapshot.get("alice")
+                    if member is not None and member.round == 3:
+                        break
+    assert isinstance(member, MemberStatus)
+    assert member.state == "online" and member.accuracy == pytest.approx(0.875)
+    assert member.fingerprint == "fp-alice" and member.endpoint == alice.endpoint
+
+
+async def test_cli_watch_once_prints_the_table(mqtt_broker: str, consortium: str) -> None:
+    async with presence(mqtt_broker, consortium, "alice") as alice, presence(mqtt_broker, consortium, "bob"):
+        await alice.publish_progress(7, 0.5, 1.25)
+    async with presence(mqtt_broker, consortium, "alice"):
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pfl", "watch", "--broker", mqtt_broker,
+            "--consortium", consortium, "--once", "--timeout", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        )
+        async with asyncio.timeout(30):
+            out, err = await cli.communicate()
+    assert cli.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0].startswith(f"consortium {consortium} on {mqtt_broker}: 1 online, 2 known")
+    assert lines[1].split() == ["NAME", "STATE", "ROUND", "ACCURACY", "ENDPOINT", "FINGERPRINT", "UPDATED"]
+    alice_row, bob_row = lines[2].split(), lines[3].split()
+    assert alice_row[:6] == ["alice", "online", "7", "0.5000", "tcp://127.0.0.1:5005", "fp-alice"]
+    assert bob_row[:6] == ["bob", "left", "-", "-", "tcp://127.0.0.1:5003", "fp-bob"]
+
+
+async def test_unreachable_broker_and_bad_urls_fail_clearly() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TransportError, match="cannot reach MQTT broker"):
+        async with presence(f"mqtt://127.0.0.1:{port}", "c", "alice", connect_timeout=0.5):
+            pass
+    for bad in ("tcp://127.0.0.1:1883", "mqtt://", "mqtt://host:http"):
+        with pytest.raises(ConfigError, match="discovery"):
+            presence(bad, "c", "alice")
+    with pytest.raises(ConfigError, match="must not contain"):
+        presence("mqtt://127.0.0.1", "c/d", "alice")
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pfl", "watch", "--broker", "tcp://x", "--consortium", "c", "--once",
+        stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    _, err = await cli.communicate()
+    assert cli.returncode == 2 and err.decode().startswith("p2pfl: error: discovery: broker 'tcp://x'")
+
+
+async def test_presence_reconnects_and_reannounces_after_broker_restart(own_mqtt_broker: Mosquitto) -> None:
+    async with presence(own_mqtt_broker.url, "c", "alice", keepalive=2) as alice:
+        await alice.publish_progress(1, 0.25, 2.0)
+        await until(alice, lambda: alice.members().get("alice", None) is not None)
+        own_mqtt_broker.stop()
+        await asyncio.sleep(0.3)  # let the listener notice the drop
+        await alice.publish_progress(2, 0.5, 1.0)  # logged, not raised; re-sent on reconnection
+        own_mqtt_broker.start()  # without persistence: every retained message is gone
+        async with aclosing(watch_consortium(own_mqtt_broker.url, "c")) as snapshots:
+            async with asyncio.timeout(WAIT):
+                async for snapshot in snapshots:
+                    member = snapshot.get("alice")
+                    if member is not None and member.state == "online" and member.round == 2:
+                        break
