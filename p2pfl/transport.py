@@ -18,10 +18,14 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
 from p2pfl.errors import TransportError
+
+if TYPE_CHECKING:  # [security hook] type only: keeps importing the transport light
+    from p2pfl.security import LinkSecurity
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +74,16 @@ class ZmqTransport:
         bind: endpoint to bind, e.g. ``tcp://0.0.0.0:7000``, ``tcp://127.0.0.1:0`` (any
             free port), ``ipc:///run/p2pfl/a.sock`` or ``inproc://a``.
         options: socket settings.
+        security: link security (e.g. :class:`p2pfl.security.CurveSecurity`); ``None``
+            sends in plain text and accepts any connection.
     """
 
     def __init__(
-        self, context: zmq.Context, bind: str, options: TransportOptions = TransportOptions()
+        self,
+        context: zmq.Context,
+        bind: str,
+        options: TransportOptions = TransportOptions(),
+        security: LinkSecurity | None = None,
     ) -> None:
         # one underlying context either way; we only use the plain socket API on it
         self._context = zmq.Context.shadow(context.underlying)
@@ -82,7 +92,8 @@ class ZmqTransport:
         self._router: zmq.Socket | None = None
         self._dealers: dict[str, zmq.Socket] = {}
         self._readable: asyncio.Event | None = None
-        self._authenticated = False  # set once a link security layer (ZAP) is installed
+        self.security = security  # [security hook] the node maps user ids through it
+        self._authenticated = security is not None  # read the ZAP User-Id of each message
         self._loop: asyncio.AbstractEventLoop | None = None
         self.endpoint: str | None = None
 
@@ -91,11 +102,21 @@ class ZmqTransport:
 
         Must be called from the event loop that will call :meth:`recv`.
         """
+        if self.security is not None and self._bind.startswith("inproc://"):
+            # libzmq runs no security handshake on inproc: every message would arrive
+            # unauthenticated and be rejected
+            raise TransportError(f"link security needs tcp:// or ipc://, not {self._bind}")
         router = self._context.socket(zmq.ROUTER)
         self._apply_common(router)
         router.setsockopt(zmq.RCVHWM, self._options.recv_hwm)
         if self._options.max_frame_bytes > 0:
             router.setsockopt(zmq.MAXMSGSIZE, self._options.max_frame_bytes)
+        if self.security is not None:  # [security hook] must precede bind
+            try:
+                self.security.configure_server(router)
+            except BaseException:
+                router.close(linger=0)
+                raise
         try:
             router.bind(_wildcard_port(self._bind))
         except zmq.ZMQError as exc:
@@ -115,6 +136,12 @@ class ZmqTransport:
         dealer = self._context.socket(zmq.DEALER)
         self._apply_common(dealer)
         dealer.setsockopt(zmq.SNDHWM, self._options.send_hwm)
+        if self.security is not None:  # [security hook] must precede connect
+            try:
+                self.security.configure_client(dealer, peer)
+            except BaseException:
+                dealer.close(linger=0)
+                raise
         try:
             dealer.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -170,7 +197,11 @@ class ZmqTransport:
         connection = parts[0].bytes
         user_id = None  # plain links carry no authenticated identity
         if self._authenticated:
-            user_id = parts[-1].get("User-Id")
+            try:
+                value = parts[-1].get("User-Id")
+            except zmq.ZMQError:  # [security hook] no ZAP verdict on this link: no identity
+                value = None
+            user_id = value if isinstance(value, str) else None
         frames = [p.buffer for p in parts[1:]]
         return Incoming(
             frames=frames, connection=connection, user_id=user_id or None,

@@ -236,7 +236,8 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 duties = []
                 if allowlist is not None:
                     duties.append(group.create_task(_reload_membership(
-                        allowlist, membership.watch_file, lambda: _apply_membership(node, config, base)
+                        allowlist, membership.watch_file,
+                        lambda changed: _apply_membership(node, config, base, changed),
                     )))
                 if presence is not None:
                     duties.append(group.create_task(_publish_progress(presence, progress.queue)))
@@ -255,14 +256,14 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
     return RunOutcome(True, config.rounds - 1, path)
 
 
-def _apply_membership(node: Node, config: OrgNodeConfig, base: Path) -> None:
+def _apply_membership(node: Node, config: OrgNodeConfig, base: Path, changed: set[str]) -> None:
     """After a reload: the consortium file may have gained or lost members."""
     try:
         membership = load_membership(config, base)
     except Exception as exc:  # a half-edited file must not stop training: keep the old one
         log.error("consortium file changed but cannot be used (%s); keeping the current membership", exc)
         return
-    node.update_membership(membership.schedule, membership.endpoints)
+    node.update_membership(membership.schedule, membership.endpoints, relink=changed)
 
 
 async def _link_security(
@@ -322,7 +323,7 @@ async def _publish_progress(presence: Any, progress: asyncio.Queue[RoundMetrics]
 
 
 async def _reload_membership(
-    allowlist: Any, watch_file: Path | None, on_change: Callable[[], None]
+    allowlist: Any, watch_file: Path | None, on_change: Callable[[set[str]], None]
 ) -> None:
     """Reload the allow-list (and the membership) on SIGHUP or when the file changes."""
     loop = asyncio.get_running_loop()
@@ -340,7 +341,7 @@ async def _reload_membership(
                 last = _mtime(watch_file)
                 added, removed = allowlist.reload()  # logs what changed; keeps the old list on errors
                 if added or removed:
-                    on_change()
+                    on_change(added | removed)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)

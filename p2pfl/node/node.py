@@ -10,13 +10,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from p2pfl import wire
-from p2pfl.errors import NodeError, WireError
+from p2pfl.errors import NodeError, TransportError, WireError
 from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import Aggregator, mix
@@ -65,6 +65,7 @@ class RoundMetrics:
     round_seconds: float
     received_from: tuple[str, ...]
     missing: tuple[str, ...]
+    epsilon: float | None = None  # DP learners: privacy spent through this round; else None
 
 
 @dataclass
@@ -240,18 +241,21 @@ class Node:
         )
         self._send_to(tuple(peers), frames, quiet=True)
 
-    def update_membership(self, schedule: GossipSchedule, endpoints: Mapping[str, str]) -> None:
+    def update_membership(
+        self, schedule: GossipSchedule, endpoints: Mapping[str, str], *, relink: Iterable[str] = ()
+    ) -> None:
         """Switch to a new schedule (a member joined or was revoked); takes effect at once.
 
-        Links to peers that are no longer neighbours are closed; new neighbours are
-        reached at ``endpoints``.
+        Links to peers that are no longer neighbours are closed, and so are the links
+        to ``relink`` (peers whose key changed: the next send reconnects with the new
+        key); new neighbours are reached at ``endpoints``.
         """
         self.schedule = schedule
         peers = schedule.peers(self.name)
         for name in peers:
             if name in endpoints:
                 self._addresses[name] = endpoints[name]
-        for gone in set(self.transport.peers) - set(peers):
+        for gone in (set(self.transport.peers) - set(peers)) | set(relink):
             self.transport.disconnect(gone)
         self.peers.set_peers(peers)
         self._inbox.poke()  # a waiting round re-checks whom it still expects
@@ -352,6 +356,8 @@ class Node:
             round_seconds=step.train_seconds + exchange.seconds + mix_seconds,
             received_from=tuple(exchange.received),
             missing=exchange.missing,
+            # a differentially private learner's TrainResult carries its spent epsilon
+            epsilon=getattr(step.trained, "epsilon", None),
         )
 
     def _not_worth_waiting_for(self, peer: str) -> bool:
@@ -371,7 +377,11 @@ class Node:
             if endpoint is None:
                 log.error("node %s: no address for peer %s; not sending to it", self.name, peer)
                 continue
-            self.transport.connect(peer, endpoint)
+            try:
+                self.transport.connect(peer, endpoint)
+            except TransportError as exc:  # e.g. a peer revoked from the allow-list
+                log.error("node %s: cannot link to %s: %s; not sending to it", self.name, peer, exc)
+                continue
             if self.transport.send(peer, frames):
                 sent += size
             else:
