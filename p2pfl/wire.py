@@ -32,10 +32,12 @@ from p2pfl.errors import WireError
 PROTOCOL_VERSION = 1
 
 #: Message kinds a node understands. Extensions add theirs here, never reuse a name.
-#: "model" carries a round's weights; "hello" (no tensors) says "I am up, at this round".
-KINDS = frozenset({"model", "hello"})
+#: "model" carries a round's weights; "hello" (no tensors) says "I am up, at this round";
+#: "bye" says "I am leaving"; a node that fell behind sends "sync-request" and gets
+#: "sync" back: the neighbour's latest averaged weights and the round they start.
+KINDS = frozenset({"model", "hello", "bye", "sync-request", "sync"})
 #: Kinds whose tensors must match the local model's schema; all others carry none.
-TENSOR_KINDS = frozenset({"model"})
+TENSOR_KINDS = frozenset({"model", "sync"})
 
 #: dtype names allowed on the wire (numpy names; always little-endian on the wire).
 WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
 from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
+from p2pfl.node.catchup import CatchUp, average
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
@@ -162,7 +163,9 @@ class Node:
         self._own_executor: ThreadPoolExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
         self._addresses: dict[str, str] = {}
-        self._replied: dict[str, float] = {}  # peer -> when we last answered its hello
+        self._replied: dict[str, float] = {}  # peer -> when we last answered it
+        self._catch_up = CatchUp()
+        self._latest: tuple[int, Weights] | None = None  # (round it starts, averaged weights)
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(learner.get_weights())
         self._tasks: asyncio.TaskGroup | None = None
         self._receiver: asyncio.Task[None] | None = None
@@ -187,6 +190,10 @@ class Node:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
+            if self._tasks is not None:  # tell the neighbours not to wait for us
+                bye = wire.encode(kind="bye", sender=self.name, round=self._inbox.current_round,
+                                  samples=0, tensors={})
+                self._send_to(tuple(self._addresses), bye, quiet=True)
             if self._receiver is not None:
                 self._receiver.cancel()
             if self._tasks is not None:
@@ -268,24 +275,55 @@ class Node:
     # -- rounds ------------------------------------------------------------------------
 
     async def run(self) -> list[RoundMetrics]:
-        """Run rounds ``start_round .. rounds-1``; returns this run's metrics."""
+        """Run rounds ``start_round .. rounds-1``; returns this run's metrics.
+
+        A node that finds its neighbours two or more rounds ahead (it was down, or cut
+        off) first catches up: it adopts their latest averaged model and their round.
+        """
         if self._tasks is None:
             raise NodeError(f"node {self.name} is not started: use 'async with node:'")
         first = len(self.history)
-        rounds = range(self.config.start_round, self.config.rounds)
-        if rounds:
-            step = await self._in_worker(self._worker_step, None, None, rounds[0])
-            for round_ in rounds:
-                exchange = await self._exchange(round_, step)
-                upcoming = round_ + 1 if round_ + 1 in rounds else None
-                # One hand-off to the worker per round: mixing and evaluating this round
-                # and training the next are one job, so loop and worker meet once.
-                step = await self._in_worker(self._worker_step, step, exchange, upcoming)
-                assert step.metrics is not None and step.mixed is not None
-                self.history.append(step.metrics)
-                if self.observer is not None:
-                    self.observer.on_round_end(step.metrics, step.mixed)
+        round_ = self.config.start_round
+        step: _WorkerStep | None = None
+        while round_ < self.config.rounds:
+            caught_up = await self._catch_up_if_behind(round_)
+            if caught_up is not None:
+                round_, adopted = caught_up
+                if round_ >= self.config.rounds:
+                    break
+                step = await self._in_worker(self._worker_step, None, None, round_, adopted)
+            elif step is None:
+                step = await self._in_worker(self._worker_step, None, None, round_)
+            exchange = await self._exchange(round_, step)
+            upcoming = round_ + 1 if round_ + 1 < self.config.rounds else None
+            # One hand-off to the worker per round: mixing and evaluating this round
+            # and training the next are one job, so loop and worker meet once.
+            step = await self._in_worker(self._worker_step, step, exchange, upcoming)
+            assert step.metrics is not None and step.mixed is not None
+            self._latest = (round_ + 1, step.mixed)
+            self.history.append(step.metrics)
+            if self.observer is not None:
+                self.observer.on_round_end(step.metrics, step.mixed)
+            round_ += 1
         return self.history[first:]
+
+    async def _catch_up_if_behind(self, round_: int) -> tuple[int, Weights] | None:
+        ahead = self.peers.ahead_of(round_ + 1)
+        if not ahead:
+            return None
+        request = wire.encode(kind="sync-request", sender=self.name, round=round_, samples=0, tensors={})
+        self._send_to(tuple(ahead), request, quiet=True)
+        replies = await self._catch_up.gather(ahead, timeout=self.config.round_timeout)
+        if not replies:
+            log.warning("node %s: neighbours %s are ahead but sent no model to catch up with",
+                        self.name, ", ".join(ahead))
+            return None
+        target, weights = average(replies)
+        if target <= round_:
+            return None
+        log.info("node %s: behind at round %d; took the model of %s and joins at round %d",
+                 self.name, round_, ", ".join(sorted(replies)), target)
+        return target, weights
 
     async def _exchange(self, round_: int, step: _WorkerStep) -> _Exchange:
         """Send this round's model to the plan's peers and collect theirs."""
@@ -301,11 +339,12 @@ class Node:
             round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
         )
         missing = tuple(p for p in plan.expect_from if p not in received)
-        if missing:
-            log.warning(
-                "node %s round %d: no model from %s within %.1fs; averaging without them",
-                self.name, round_, ", ".join(missing), self.config.round_timeout,
-            )
+        for peer in missing:
+            if self.peers.suspect(peer):
+                log.warning(
+                    "node %s round %d: no model from %s; averaging without it and not waiting "
+                    "for it again until it is heard from", self.name, round_, peer,
+                )
         return _Exchange(
             round=round_,
             own=step.weights,
@@ -318,10 +357,17 @@ class Node:
         )
 
     def _worker_step(
-        self, previous: _WorkerStep | None, exchange: _Exchange | None, train_round: int | None
+        self,
+        previous: _WorkerStep | None,
+        exchange: _Exchange | None,
+        train_round: int | None,
+        adopt: Weights | None = None,
     ) -> _WorkerStep:
-        """Runs in the worker: finish a round (mix, evaluate), then train the next one."""
+        """Runs in the worker: finish a round (mix, evaluate), then train the next one
+        (from ``adopt``-ed weights when catching up)."""
         started = time.perf_counter()
+        if adopt is not None:
+            self.learner.set_weights(adopt)
         mixed = metrics = None
         if previous is not None and exchange is not None:
             mixed = self.aggregator(self.name, exchange.own, exchange.received, exchange.weights)
@@ -361,8 +407,8 @@ class Node:
         )
 
     def _not_worth_waiting_for(self, peer: str) -> bool:
-        """A peer reported offline, or no longer a neighbour (revoked mid-round)."""
-        if peer not in self.peers.peers:
+        """A peer thought down (missed a deadline, left, reported offline) or revoked."""
+        if peer not in self.peers.peers or self.peers.is_suspected(peer):
             return True
         return self.presence is not None and self.presence.is_offline(peer)
 
@@ -430,32 +476,54 @@ class Node:
             )
         if message.sender == self.name:
             raise WireError("unknown_sender", "message claims to come from this node itself")
-        if message.kind == "hello":
-            self._on_hello(message)
-            return
-        if message.round >= self.config.rounds:
-            raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
-        if message.round >= self._inbox.current_round:
-            plan = self.schedule.plan(self.name, message.round)
-            if message.sender not in plan.weights:
+        if message.kind == "model":
+            if message.round >= self.config.rounds:
+                raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
+            if message.round >= self._inbox.current_round:
+                expected = self.schedule.plan(self.name, message.round).weights
+            else:  # stale, but still news of where the sender is
+                expected = self.peers.peers
+            if message.sender not in expected:
                 raise WireError(
                     "unknown_sender", f"{message.sender!r} is not a neighbour in round {message.round}"
                 )
-        self._inbox.offer(message)
-        self.peers.heard(message.sender, message.round)
+        elif message.sender not in self.peers.peers:
+            raise WireError("unknown_sender", f"{message.kind} from {message.sender!r}, not a neighbour")
+        if self.peers.heard(message.sender, message.round):
+            log.info("node %s: %s is back (at round %d)", self.name, message.sender, message.round)
+        if message.kind == "model":
+            self._inbox.offer(message)
+        elif message.kind == "hello":
+            self._on_hello(message)
+        elif message.kind == "bye":
+            self.peers.suspect(message.sender)
+            self._inbox.poke()
+            log.info("node %s: %s says it is leaving; not waiting for it", self.name, message.sender)
+        elif message.kind == "sync-request":
+            self._on_sync_request(message)
+        elif message.kind == "sync":
+            self._catch_up.offer(message)
         self.stats.messages_accepted += 1
 
     def _on_hello(self, message: wire.Message) -> None:
-        if message.sender not in self.peers.peers:
-            raise WireError("unknown_sender", f"hello from {message.sender!r}, not a neighbour")
-        self.peers.heard(message.sender, message.round)
-        self.stats.messages_accepted += 1
         # Answer a greeting so the greeter learns we are up; never answer an answer, and
         # at most twice a second per peer, so hellos cannot be used to make us flood.
-        now = time.monotonic()
-        if not message.meta.get("reply", False) and now - self._replied.get(message.sender, 0.0) > 0.5:
-            self._replied[message.sender] = now
+        if not message.meta.get("reply", False) and self._may_answer(message.sender):
             self._greet([message.sender], reply=True)
+
+    def _on_sync_request(self, message: wire.Message) -> None:
+        if self._latest is None or not self._may_answer(message.sender):
+            return
+        round_, weights = self._latest
+        frames = wire.encode(kind="sync", sender=self.name, round=round_, samples=0, tensors=weights)
+        self._send_to((message.sender,), frames, quiet=True)
+
+    def _may_answer(self, peer: str) -> bool:
+        now = time.monotonic()
+        if now - self._replied.get(peer, 0.0) <= 0.5:
+            return False
+        self._replied[peer] = now
+        return True
 
     def _count_rejection(self, reason: str, detail: str) -> None:
         self.stats.rejected[reason] += 1

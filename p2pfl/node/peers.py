@@ -63,22 +63,52 @@ class StartCondition:
 
 
 class PeerTracker:
-    """Last time and round each neighbour was heard from (any valid message counts)."""
+    """What a node knows of each neighbour: when and at which round it was last heard
+    from (any valid message counts), and whether it is thought to be down.
+
+    A neighbour that missed a round's deadline, or said goodbye, is *suspected*: rounds
+    stop waiting for it until it is heard from again, so one dead neighbour costs one
+    deadline, not one per round.
+    """
 
     def __init__(self, peers: Iterable[str]) -> None:
         self.peers = tuple(sorted(peers))
         self._heard: dict[str, tuple[float, int]] = {}
+        self._suspected: set[str] = set()
         self._changed = asyncio.Event()
 
     def set_peers(self, peers: Iterable[str]) -> None:
         self.peers = tuple(sorted(peers))
         self._changed.set()
 
-    def heard(self, peer: str, round: int) -> None:
+    def heard(self, peer: str, round: int) -> bool:
+        """Record a valid message; returns True if the peer was suspected until now."""
         first = peer not in self._heard
         self._heard[peer] = (time.monotonic(), round)
         if first:
             self._changed.set()
+        if peer in self._suspected:
+            self._suspected.discard(peer)
+            return True
+        return False
+
+    def suspect(self, peer: str) -> bool:
+        """Stop waiting for ``peer``; returns True if it was not suspected before."""
+        if peer in self._suspected:
+            return False
+        self._suspected.add(peer)
+        return True
+
+    def is_suspected(self, peer: str) -> bool:
+        return peer in self._suspected
+
+    def lead(self) -> int:
+        """The highest round any neighbour was heard at (-1 if none)."""
+        return max((self._heard[p][1] for p in self.peers if p in self._heard), default=-1)
+
+    def ahead_of(self, round: int) -> list[str]:
+        """Neighbours heard at a round later than ``round``."""
+        return [p for p in self.peers if p in self._heard and self._heard[p][1] > round]
 
     def present(self) -> set[str]:
         """Neighbours heard from at least once."""
