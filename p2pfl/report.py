@@ -1,4 +1,5 @@
-"""PNG plots of a run's ``metrics.jsonl``: accuracy per node, consensus distance, bytes."""
+"""PNG plots of a run's ``metrics.jsonl``: accuracy per node, consensus distance, bytes
+(and accuracy against ε for a differentially private run)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def read_metrics(directory: Path) -> list[dict[str, Any]]:
 
 
 def write_report(directory: Path, to: Path | None = None) -> list[Path]:
-    """Draw ``accuracy.png``, ``consensus.png`` and ``bytes.png``; returns their paths."""
+    """Draw ``accuracy.png``, ``consensus.png`` and ``bytes.png``; returns their paths.
+
+    Rows that carry an ``epsilon`` (a differentially private run) add
+    ``accuracy_vs_epsilon.png``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -73,7 +78,25 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     written.append(_save(fig, to / "bytes.png", plt))
+
+    if any(r.get("epsilon") is not None for r in rows):  # a differentially private run
+        written.append(_accuracy_vs_epsilon(by_node, to / "accuracy_vs_epsilon.png", plt))
     return written
+
+
+def _accuracy_vs_epsilon(by_node: dict[str, list[dict[str, Any]]], path: Path, plt: Any) -> Path:
+    """Test accuracy against the privacy spent so far: one line per node, its end marked."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for node_rows in by_node.values():
+        spent = [r for r in sorted(node_rows, key=lambda r: r["round"]) if r.get("epsilon") is not None]
+        if not spent:  # a node without DP in a mixed run has nothing to plot
+            continue
+        line, = ax.plot([r["epsilon"] for r in spent], [r["test_accuracy"] for r in spent], lw=0.8, alpha=0.5)
+        ax.plot(spent[-1]["epsilon"], spent[-1]["test_accuracy"], "o", color=line.get_color())
+    ax.set(xlabel="epsilon spent (cumulative)", ylabel="test accuracy",
+           title=f"Accuracy vs privacy spent ({len(by_node)} nodes; dots: last round)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path, plt)
 
 
 def _mean(values: Any) -> float:

@@ -34,7 +34,23 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "round_timeout": (float, "seconds a node waits for its neighbours each round"),
     "test_fraction": (float, "held-out share of the dataset"),
     "device": (str, "torch device: cpu, cuda, ..."),
+    "aggregator": (str, "mean (default), median, trimmed-mean:B, krum:F, multi-krum:F,M, "
+                   "clipped-gossip[:TAU]"),
+    "attack": (str, "what --attackers nodes do: sign-flip, scale[:K], noise[:SIGMA], nan, inf, "
+               "stale, label-flip"),
+    "attackers": (int, "number of attacking nodes (chosen with the seed)"),
+    "dp": (str, "differential privacy: sample (DP-SGD via Opacus) or update (noised round update)"),
+    "target_epsilon": (float, "with --dp: choose the noise so epsilon after all rounds is <= this"),
+    "noise": (float, "with --dp: noise multiplier (noise std / clip) instead of --target-epsilon"),
+    "clip": (float, "with --dp: L2 clip of per-sample gradients (sample) or round updates (update)"),
+    "delta": (float, "with --dp: delta of the reported (epsilon, delta), default 1e-5"),
     "out": (str, "output directory for metrics.jsonl and summary.json"),
+}
+
+# flags that may be given several times; each is a tuple field of ExperimentConfig
+_REPEATABLE: dict[str, str] = {
+    "fail": "crash a node after a round: node=NAME,round=R (repeatable)",
+    "recover": "restart a crashed node once the others finished a round: node=NAME,round=R (repeatable)",
 }
 
 
@@ -47,6 +63,8 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
     parser.add_argument("--config", help="TOML experiment file (keys as the flags, with _)")
+    for name, text in _REPEATABLE.items():
+        parser.add_argument("--" + name, dest=name, action="append", default=None, help=text)
     for name, (kind, text) in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -56,7 +74,9 @@ def register(commands: Any) -> None:
 
 def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
-    flags = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
+    flags = {
+        name: getattr(args, name) for name in (*_FLAGS, *_REPEATABLE) if getattr(args, name) is not None
+    }
     config = config_from_mapping(ExperimentConfig, flags, base=config)
     return config_from_mapping(ExperimentConfig, parse_overrides(args.overrides), base=config)
 

@@ -75,8 +75,9 @@ class NodeStats:
 
     rejected: Counter[str] = field(default_factory=Counter)
     messages_accepted: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # model traffic of the rounds
     bytes_received: int = 0
+    control_bytes_sent: int = 0  # greetings, goodbyes, catch-up
     sends_dropped: int = 0
 
 
@@ -163,11 +164,11 @@ class Node:
         self._own_executor: ThreadPoolExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
         self._addresses: dict[str, str] = {}
-        self._replied: dict[str, float] = {}  # peer -> when we last answered it
+        self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
         self._catch_up = CatchUp()
         self._latest: tuple[int, Weights] | None = None  # (round it starts, averaged weights)
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(learner.get_weights())
-        self._tasks: asyncio.TaskGroup | None = None
+        self._started = False
         self._receiver: asyncio.Task[None] | None = None
         self._activity: asyncio.Condition | None = None
         self.endpoint: str | None = None
@@ -182,27 +183,39 @@ class Node:
         self._activity = asyncio.Condition()
         if self.presence is not None:
             self.presence.subscribe(self._inbox.poke)
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
-        self._receiver = self._tasks.create_task(self._receive_loop(), name=f"{self.name}-recv")
+        # The node owns exactly one background task, the receiver; close() cancels and
+        # awaits it (a plain task rather than a TaskGroup: a simulated crash closes the
+        # node from another task than the one that started it).
+        self._receiver = asyncio.create_task(self._receive_loop(), name=f"{self.name}-recv")
+        self._started = True
         log.debug("node %s listening on %s", self.name, self.endpoint)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close(graceful=True)
+
+    async def close(self, *, graceful: bool = True) -> None:
+        """Stop the node's tasks and close its sockets (idempotent).
+
+        ``graceful`` first tells the neighbours not to wait for it ("bye"); a simulated
+        crash closes without a word.
+        """
+        if not self._started:
+            return
+        self._started = False
         try:
-            if self._tasks is not None:  # tell the neighbours not to wait for us
+            if graceful:
                 bye = wire.encode(kind="bye", sender=self.name, round=self._inbox.current_round,
                                   samples=0, tensors={})
-                self._send_to(tuple(self._addresses), bye, quiet=True)
+                self._send_to(tuple(self._addresses), bye, control=True)
             if self._receiver is not None:
                 self._receiver.cancel()
-            if self._tasks is not None:
-                await self._tasks.__aexit__(*exc_info)
+                await asyncio.wait({self._receiver})  # its end, without its CancelledError
         finally:
             self.transport.close()
             if self._own_executor is not None:
                 self._own_executor.shutdown(wait=True)
-            self._tasks = self._receiver = None
+            self._receiver = None
 
     async def wait_until(self, predicate: Callable[[NodeStats], bool], timeout: float) -> None:
         """Wait until ``predicate(self.stats)`` holds after some incoming message.
@@ -224,7 +237,7 @@ class Node:
         Hellos are resent with exponential backoff (up to 8x ``hello_interval``) to those
         not heard from yet; whom the node still waits for is logged every ``log_every`` s.
         """
-        if self._tasks is None:
+        if not self._started:
             raise NodeError(f"node {self.name} is not started: use 'async with node:'")
         interval = hello_interval
         last_log = time.monotonic()
@@ -246,7 +259,7 @@ class Node:
             kind="hello", sender=self.name, round=self._inbox.current_round, samples=0,
             tensors={}, meta={"reply": reply},
         )
-        self._send_to(tuple(peers), frames, quiet=True)
+        self._send_to(tuple(peers), frames, control=True)
 
     def update_membership(
         self, schedule: GossipSchedule, endpoints: Mapping[str, str], *, relink: Iterable[str] = ()
@@ -274,28 +287,30 @@ class Node:
 
     # -- rounds ------------------------------------------------------------------------
 
-    async def run(self) -> list[RoundMetrics]:
-        """Run rounds ``start_round .. rounds-1``; returns this run's metrics.
+    async def run(self, until_round: int | None = None) -> list[RoundMetrics]:
+        """Run rounds ``start_round .. rounds-1`` (or up to ``until_round`` included);
+        returns this run's metrics.
 
         A node that finds its neighbours two or more rounds ahead (it was down, or cut
         off) first catches up: it adopts their latest averaged model and their round.
         """
-        if self._tasks is None:
+        if not self._started:
             raise NodeError(f"node {self.name} is not started: use 'async with node:'")
         first = len(self.history)
         round_ = self.config.start_round
         step: _WorkerStep | None = None
-        while round_ < self.config.rounds:
+        last = self.config.rounds - 1 if until_round is None else min(until_round, self.config.rounds - 1)
+        while round_ <= last:
             caught_up = await self._catch_up_if_behind(round_)
             if caught_up is not None:
                 round_, adopted = caught_up
-                if round_ >= self.config.rounds:
+                if round_ > last:
                     break
                 step = await self._in_worker(self._worker_step, None, None, round_, adopted)
             elif step is None:
                 step = await self._in_worker(self._worker_step, None, None, round_)
             exchange = await self._exchange(round_, step)
-            upcoming = round_ + 1 if round_ + 1 < self.config.rounds else None
+            upcoming = round_ + 1 if round_ + 1 <= last else None
             # One hand-off to the worker per round: mixing and evaluating this round
             # and training the next are one job, so loop and worker meet once.
             step = await self._in_worker(self._worker_step, step, exchange, upcoming)
@@ -312,7 +327,7 @@ class Node:
         if not ahead:
             return None
         request = wire.encode(kind="sync-request", sender=self.name, round=round_, samples=0, tensors={})
-        self._send_to(tuple(ahead), request, quiet=True)
+        self._send_to(tuple(ahead), request, control=True)
         replies = await self._catch_up.gather(ahead, timeout=self.config.round_timeout)
         if not replies:
             log.warning("node %s: neighbours %s are ahead but sent no model to catch up with",
@@ -413,9 +428,13 @@ class Node:
         return self.presence is not None and self.presence.is_offline(peer)
 
     def _send_to(
-        self, peers: tuple[str, ...], frames: list[bytes | memoryview], *, quiet: bool = False
+        self, peers: tuple[str, ...], frames: list[bytes | memoryview], *, control: bool = False
     ) -> int:
-        """Queue ``frames`` for each peer; returns the bytes actually queued."""
+        """Queue ``frames`` for each peer; returns the bytes actually queued.
+
+        ``control`` messages (greetings, goodbyes, catch-up) are counted apart from the
+        rounds' model traffic, and a full queue drops them without a warning.
+        """
         size = sum(len(f) for f in frames)
         sent = 0
         for peer in peers:
@@ -432,9 +451,12 @@ class Node:
                 sent += size
             else:
                 self.stats.sends_dropped += 1
-                if not quiet:
+                if not control:
                     log.warning("node %s: queue to %s is full (down or far behind); dropped", self.name, peer)
-        self.stats.bytes_sent += sent
+        if control:
+            self.stats.control_bytes_sent += sent
+        else:
+            self.stats.bytes_sent += sent
         return sent
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
@@ -508,21 +530,26 @@ class Node:
     def _on_hello(self, message: wire.Message) -> None:
         # Answer a greeting so the greeter learns we are up; never answer an answer, and
         # at most twice a second per peer, so hellos cannot be used to make us flood.
-        if not message.meta.get("reply", False) and self._may_answer(message.sender):
+        if not message.meta.get("reply", False) and self._may_answer(message.sender, "hello"):
+            # A greeting means the peer (re)started: open a fresh link, which also drops
+            # whatever stale rounds were queued for its previous life (and inproc links
+            # do not reconnect by themselves).
+            self.transport.disconnect(message.sender)
             self._greet([message.sender], reply=True)
 
     def _on_sync_request(self, message: wire.Message) -> None:
-        if self._latest is None or not self._may_answer(message.sender):
+        if self._latest is None or not self._may_answer(message.sender, "sync"):
             return
         round_, weights = self._latest
         frames = wire.encode(kind="sync", sender=self.name, round=round_, samples=0, tensors=weights)
-        self._send_to((message.sender,), frames, quiet=True)
+        self._send_to((message.sender,), frames, control=True)
 
-    def _may_answer(self, peer: str) -> bool:
+    def _may_answer(self, peer: str, kind: str) -> bool:
+        """At most two answers of a kind per peer and second: requests cannot make us flood."""
         now = time.monotonic()
-        if now - self._replied.get(peer, 0.0) <= 0.5:
+        if now - self._replied.get((peer, kind), 0.0) <= 0.5:
             return False
-        self._replied[peer] = now
+        self._replied[(peer, kind)] = now
         return True
 
     def _count_rejection(self, reason: str, detail: str) -> None:

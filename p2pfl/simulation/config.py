@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from p2pfl.errors import ConfigError
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
+DP_MODES = ("", "sample", "update")  # off | DP-SGD per sample | clipped+noised update per round
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,16 @@ class ExperimentConfig:
     test_fraction: float = 0.2  # share of the dataset held out as the common test set
     device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
     torch_threads: int = 1  # torch intra-op threads while simulating (0 = leave torch's setting)
+    aggregator: str = "mean"  # mean | median | trimmed-mean:B | krum:F | multi-krum:F,M | clipped-gossip[:TAU]
+    attack: str = ""  # what attackers do: sign-flip | scale[:K] | noise[:S] | nan | inf | stale | label-flip
+    attackers: int = 0  # nodes that attack (chosen with the seed); needs attack
+    fail: tuple[str, ...] = ()  # crashes: "node=3,round=10" = node 3 dies after round 10
+    recover: tuple[str, ...] = ()  # recoveries: "node=3,round=15" = back once the others did round 15
+    dp: str = ""  # differential privacy: "" (off) | sample (DP-SGD, Opacus) | update (noised round update)
+    target_epsilon: float = 0.0  # >0: pick the noise so epsilon after all rounds is <= this
+    noise: float = 0.0  # noise multiplier (noise std / clip) when no target_epsilon
+    clip: float = 1.0  # L2 bound: per-sample gradient (sample) or round update (update)
+    delta: float = 1e-5  # delta of the reported (epsilon, delta)
     out: str | None = None  # directory for metrics.jsonl / summary.json; None = no files
 
     def __post_init__(self) -> None:
@@ -47,6 +58,10 @@ class ExperimentConfig:
             raise ConfigError("nodes", f"must be >= 1, got {self.nodes}")
         if self.local_steps < 0:
             raise ConfigError("local_steps", f"must be >= 0 (0 = use local_epochs), got {self.local_steps}")
+        if self.fail or self.recover:
+            from p2pfl.simulation.churn import parse_outages
+
+            parse_outages(self.fail, self.recover)
         if self.torch_threads < 0:
             raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         if self.fanout < 0:
@@ -65,3 +80,47 @@ class ExperimentConfig:
             raise ConfigError("round_timeout", f"must be > 0 seconds, got {self.round_timeout}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        self._check_byzantine()
+        self._check_privacy()
+
+    def _check_byzantine(self) -> None:
+        # imported only when used: both parsers are torch-free, but need numpy
+        if self.aggregator != "mean":
+            from p2pfl.aggregation import build_aggregator
+
+            build_aggregator(self.aggregator)  # raises ConfigError("aggregator", ...)
+        if self.attackers < 0:
+            raise ConfigError("attackers", f"must be >= 0, got {self.attackers}")
+        if self.attackers and not self.attack:
+            raise ConfigError("attack", f"{self.attackers} attackers need an attack, e.g. attack = \"scale:100\"")
+        if self.attack and not self.attackers:
+            raise ConfigError("attackers", f"attack {self.attack!r} needs attackers >= 1")
+        if self.attack:
+            from p2pfl.attacks import parse_attack
+
+            parse_attack(self.attack)  # raises ConfigError("attack", ...)
+        if self.nodes is not None and self.attackers > self.nodes - 1:
+            raise ConfigError("attackers", f"at most nodes - 1 = {self.nodes - 1} (one node must be honest), got {self.attackers}")
+
+    def _check_privacy(self) -> None:
+        if self.dp not in DP_MODES:
+            raise ConfigError("dp", f"must be one of sample, update or \"\" (off), got {self.dp!r}")
+        if self.target_epsilon < 0:
+            raise ConfigError("target_epsilon", f"must be >= 0 (0 = fixed noise), got {self.target_epsilon}")
+        if self.noise < 0:
+            raise ConfigError("noise", f"must be >= 0, got {self.noise}")
+        if not self.clip > 0:
+            raise ConfigError("clip", f"must be > 0, got {self.clip}")
+        if not 0 < self.delta < 1:
+            raise ConfigError("delta", f"must be in (0, 1), got {self.delta}")
+        if not self.dp:
+            if self.target_epsilon or self.noise:
+                field = "target_epsilon" if self.target_epsilon else "noise"
+                raise ConfigError(field, "only applies with differential privacy: set dp = \"sample\" or \"update\"")
+            return
+        if self.target_epsilon and self.noise:
+            raise ConfigError("noise", "give noise or target_epsilon, not both (the target picks the noise)")
+        if not (self.target_epsilon or self.noise):
+            raise ConfigError(
+                "target_epsilon", f"dp = {self.dp!r} needs target_epsilon > 0 or noise > 0 (else epsilon is infinite)"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -64,6 +65,10 @@ class MetricsRecorder:
         self.rounds: list[RoundSummary] = []
         self.final_weights: dict[str, Weights] = {}
         self._pending: dict[int, dict[str, tuple[RoundMetrics, np.ndarray]]] = {}
+        self._down: set[str] = set()  # crashed or rejoining nodes: rounds close without them
+        self._rejoining: set[str] = set()
+        self._required_from: dict[str, int] = {}  # a rejoined node counts from its first round back
+        self._closed: dict[int, asyncio.Event] = {}
         self._file: IO[str] | None = None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +76,41 @@ class MetricsRecorder:
 
     def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None:
         self.final_weights[metrics.node] = weights
+        if metrics.node in self._rejoining:  # back, possibly rounds later after catching up
+            self._rejoining.discard(metrics.node)
+            self._down.discard(metrics.node)
+            self._required_from[metrics.node] = metrics.round
+        if self._event(metrics.round).is_set():  # closed while this node was down: a late row
+            self._write([self._row(metrics, math.nan)])
+            return
         slot = self._pending.setdefault(metrics.round, {})
         slot[metrics.node] = (metrics, flatten(weights))
-        if len(slot) == len(self.names):
-            self._close_round(metrics.round)
+        self._close_complete_rounds()
+
+    def node_down(self, name: str) -> None:
+        """``name`` crashed: close rounds without waiting for it."""
+        self._down.add(name)
+        self._close_complete_rounds()
+
+    def node_up(self, name: str) -> None:
+        """``name`` restarted; it counts again from the first round it reports."""
+        self._rejoining.add(name)
+
+    async def wait_for_round(self, round_: int) -> None:
+        """Until every live node has finished ``round_``."""
+        await self._event(round_).wait()
+
+    def _event(self, round_: int) -> asyncio.Event:
+        return self._closed.setdefault(round_, asyncio.Event())
+
+    def _close_complete_rounds(self) -> None:
+        for round_ in sorted(self._pending):
+            required = {
+                n for n in self.names if n not in self._down and self._required_from.get(n, 0) <= round_
+            }
+            if not required <= self._pending[round_].keys():
+                break  # rounds close in order
+            self._close_round(round_)
 
     def close(self) -> None:
         """Close rounds some nodes never finished, then the metrics file."""
@@ -88,19 +124,10 @@ class MetricsRecorder:
         slot = self._pending.pop(round_)
         order = [n for n in self.names if n in slot]
         distances = consensus_distances([slot[n][1] for n in order])
-        accuracies = []
-        for name, distance in zip(order, distances, strict=True):
-            metrics = slot[name][0]
-            row = dict(vars(metrics))  # flat dataclass: cheaper than asdict's deep copy
-            row["received_from"] = list(metrics.received_from)
-            row["missing"] = list(metrics.missing)
-            row["consensus_distance"] = float(distance)
-            self.rows.append(row)
-            accuracies.append(metrics.test_accuracy)
-            if self._file is not None:
-                self._file.write(json.dumps(_finite(row)) + "\n")
-        if self._file is not None:
-            self._file.flush()
+        rows = [self._row(slot[name][0], float(d)) for name, d in zip(order, distances, strict=True)]
+        accuracies = [row["test_accuracy"] for row in rows]
+        self._write(rows)
+        self._event(round_).set()
         summary = RoundSummary(
             round=round_,
             nodes=len(order),
@@ -113,6 +140,21 @@ class MetricsRecorder:
         self.rounds.append(summary)
         if self.progress is not None:
             self.progress(summary)
+
+
+    @staticmethod
+    def _row(metrics: RoundMetrics, distance: float) -> dict[str, Any]:
+        row = dict(vars(metrics))  # flat dataclass: cheaper than asdict's deep copy
+        row["received_from"] = list(metrics.received_from)
+        row["missing"] = list(metrics.missing)
+        row["consensus_distance"] = distance
+        return row
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        if self._file is not None:
+            self._file.writelines(json.dumps(_finite(row)) + "\n" for row in rows)
+            self._file.flush()
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,14 @@ import contextlib
 import copy
 import importlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from p2pfl.attacks import AttackingLearner
 from p2pfl.data import Dataset, load_dataset, partition
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import ArrayBatches, TorchLearner
@@ -38,7 +39,8 @@ class Experiment:
     schedule: GossipSchedule
     dataset: Dataset
     parts: list[np.ndarray]
-    learners: list[TorchLearner]
+    learners: list[TorchLearner | AttackingLearner]
+    attackers: list[str] = field(default_factory=list)  # names of the attacking nodes
 
     @property
     def names(self) -> list[str]:
@@ -60,8 +62,23 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         image=config.model == "cnn",
     )
     parts = partition(dataset.y_train, topology.n, config.partition, seed=config.seed)
-    learners = build_learners(config, dataset, parts)
-    return Experiment(config, topology, schedule, dataset, parts, learners)
+    learners: list[TorchLearner | AttackingLearner] = list(build_learners(config, dataset, parts))
+    attackers = pick_attackers(config, topology.n)
+    for i in attackers:
+        learners[i] = AttackingLearner(
+            learners[i], config.attack, seed=node_seed(config.seed, i), num_classes=dataset.num_classes
+        )
+    names = [topology.names[i] for i in attackers]
+    return Experiment(config, topology, schedule, dataset, parts, learners, names)
+
+
+def pick_attackers(config: ExperimentConfig, n: int) -> list[int]:
+    """Indices of the ``config.attackers`` attacking nodes, drawn with the seed."""
+    if config.attackers > n - 1:  # the count may come from a topology file
+        raise ConfigError("attackers", f"at most nodes - 1 = {n - 1} (one node must be honest), got {config.attackers}")
+    if not config.attackers:
+        return []
+    return sorted(int(i) for i in np.random.default_rng(config.seed).choice(n, config.attackers, replace=False))
 
 
 def build_learners(
@@ -85,13 +102,19 @@ def build_learners(
             torch.from_numpy(dataset.x_train[idx]), torch.from_numpy(dataset.y_train[idx]),
             config.batch_size, seed=stream,
         )
-        learners.append(
-            TorchLearner(
-                model, optimizer, train, test_batches,
-                local_epochs=config.local_epochs, local_steps=config.local_steps or None,
-                device=config.device, seed=stream,
-            )
+        learner = TorchLearner(
+            model, optimizer, train, test_batches,
+            local_epochs=config.local_epochs, local_steps=config.local_steps or None,
+            device=config.device, seed=stream,
         )
+        if config.dp:  # differential privacy wraps the plain learner (needs Opacus)
+            from p2pfl.privacy.factory import privatize
+
+            learner = privatize(  # type: ignore[assignment]
+                learner, config.dp, seed=stream, rounds=config.rounds, clip=config.clip,
+                noise=config.noise, target_epsilon=config.target_epsilon, delta=config.delta,
+            )
+        learners.append(learner)
     return learners
 
 

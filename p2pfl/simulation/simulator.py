@@ -22,9 +22,14 @@ from typing import Any
 
 import zmq
 
+from p2pfl.aggregation import build_aggregator
+from p2pfl.attacks import attacker_aggregator
 from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node, NodeConfig
+from p2pfl.node.peers import StartCondition
+from p2pfl.privacy.accounting import privacy_summary
+from p2pfl.simulation.churn import check_outages, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
 from p2pfl.simulation.setup import Experiment, build_experiment, torch_threads
@@ -70,17 +75,29 @@ async def simulate(
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
             security_for, authenticator = _link_security(config.curve, experiment.names, context)
-            nodes = [
-                Node(
-                    NodeConfig(name=name, rounds=config.rounds, round_timeout=config.round_timeout),
+            aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
+            outages = parse_outages(config.fail, config.recover)
+            check_outages(outages, experiment.names, config.rounds)
+
+            def make_node(name: str, learner: Any, endpoint: str, start_round: int = 0) -> Node:
+                return Node(
+                    NodeConfig(
+                        name=name, rounds=config.rounds, round_timeout=config.round_timeout,
+                        start_round=start_round,
+                    ),
                     learner,
                     experiment.schedule,
-                    ZmqTransport(context, endpoint_for(i), security=security_for(name)),
+                    ZmqTransport(context, endpoint, security=security_for(name)),
                     executor=executor,
                     observer=recorder,
+                    aggregator=attacker_aggregator(aggregator, learner),
                 )
+
+            nodes = [
+                make_node(name, learner, endpoint_for(i))
                 for i, (name, learner) in enumerate(zip(experiment.names, experiment.learners, strict=True))
             ]
+            incarnations = {node.name: [node] for node in nodes}  # a recovered node is a new Node
             async with contextlib.AsyncExitStack() as stack:
                 if authenticator is not None:
                     await stack.enter_async_context(authenticator)
@@ -90,18 +107,45 @@ async def simulate(
                 for node in nodes:
                     for peer in experiment.schedule.peers(node.name):
                         node.add_peer(peer, endpoints[peer])  # type: ignore[arg-type]
+
+                async def lifecycle(node: Node) -> None:
+                    outage = outages.get(node.name)
+                    if outage is None:
+                        await node.run()
+                        return
+                    await node.run(until_round=outage.fail_round)
+                    await node.close(graceful=False)  # a crash: no goodbye
+                    recorder.node_down(node.name)
+                    log.info("node %s crashed after round %d", node.name, outage.fail_round)
+                    if outage.recover_round is None:
+                        return
+                    await recorder.wait_for_round(outage.recover_round)
+                    # back with the state it had (as restored from its checkpoint), same address
+                    revived = make_node(node.name, node.learner, endpoints[node.name], outage.fail_round + 1)
+                    await stack.enter_async_context(revived)
+                    for peer in experiment.schedule.peers(node.name):
+                        revived.add_peer(peer, endpoints[peer])  # type: ignore[arg-type]
+                    incarnations[node.name].append(revived)
+                    recorder.node_up(node.name)
+                    log.info("node %s restarts after round %d", node.name, outage.recover_round)
+                    with contextlib.suppress(TimeoutError):  # all neighbours down: go alone
+                        async with asyncio.timeout(config.round_timeout):
+                            await revived.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05)
+                    await revived.run()
+
                 async with asyncio.TaskGroup() as group:
                     for node in nodes:
-                        group.create_task(node.run(), name=f"run-{node.name}")
+                        group.create_task(lifecycle(node), name=f"run-{node.name}")
     finally:
         recorder.close()
         executor.shutdown(wait=True)
         context.term()
     wall = time.perf_counter() - started
     rejected: Counter[str] = Counter()
-    for node in nodes:
+    every_node = [node for lives in incarnations.values() for node in lives]
+    for node in every_node:
         rejected.update(node.stats.rejected)
-    summary = _summary(config, experiment, recorder, nodes, wall, rejected)
+    summary = _summary(config, experiment, recorder, every_node, wall, rejected)
     if out_dir is not None:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
@@ -147,20 +191,32 @@ def _summary(
 ) -> dict[str, Any]:
     final_round = [row for row in recorder.rows if row["round"] == config.rounds - 1]
     accuracies = [row["test_accuracy"] for row in final_round]
+    # what the attackers' own models score says nothing about the defence: report both
+    honest = [row["test_accuracy"] for row in final_round if row["node"] not in experiment.attackers]
     last = recorder.rounds[-1] if recorder.rounds else None
     return {
         "nodes": experiment.topology.n,
         "rounds": config.rounds,
-        "rounds_completed": min(len(node.history) for node in nodes),
+        # the last round every node finished (a node back from a crash skips rounds)
+        "rounds_completed": min(
+            max((m.round + 1 for node in nodes if node.name == name for m in node.history), default=0)
+            for name in experiment.names
+        ),
         "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,
+        "attackers": list(experiment.attackers),
+        "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
+        "honest_min_accuracy": min(honest) if honest else None,
         "consensus_distance": last.consensus_distance if last else None,
         "wall_seconds": wall,
         "bytes_sent_total": sum(node.stats.bytes_sent for node in nodes),
+        "control_bytes_sent_total": sum(node.stats.control_bytes_sent for node in nodes),
         "bytes_received_total": sum(node.stats.bytes_received for node in nodes),
         "messages_rejected": dict(rejected),
         "topology": experiment.topology.spec,
         "spectral_gap": spectral_gap(experiment.topology.mixing) if not config.fanout else None,
+        # epsilon_max, epsilon_mean, delta, noise_multiplier_min/max (None without DP)
+        **privacy_summary(final_round, config.delta, experiment.learners),
         "config": to_dict(config),
     }

@@ -1,0 +1,71 @@
+"""Differential privacy for p2pfl learners (optional: needs ``pip install 'p2pfl-gossip[privacy]'``).
+
+Two modes, both as :class:`~p2pfl.learning.learner.Learner` s a node runs unchanged:
+
+* sample-level DP-SGD (:class:`DPSGDLearner`): Opacus clips per-sample gradients and
+  noises every step; ε protects each training example.
+* update-level DP (:class:`UpdateDPLearner`): each round's model update is clipped and
+  noised before it leaves the node; ε protects the node's whole contribution.
+
+Each reports its cumulative ε after every round (:class:`PrivateTrainResult`), which the
+node records as ``RoundMetrics.epsilon``. Names load lazily: importing this package
+does not import Opacus.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "DP_MODES": "p2pfl.privacy.factory",
+    "DPSGDLearner": "p2pfl.privacy.dp_sgd",
+    "GaussianMechanism": "p2pfl.privacy.accounting",
+    "PrivateTrainResult": "p2pfl.privacy.accounting",
+    "UpdateDPLearner": "p2pfl.privacy.update_dp",
+    "epsilon_for": "p2pfl.privacy.accounting",
+    "noise_for_epsilon": "p2pfl.privacy.accounting",
+    "privacy_summary": "p2pfl.privacy.accounting",
+    "privatize": "p2pfl.privacy.factory",
+    "privatize_update": "p2pfl.privacy.update_dp",
+}
+
+# spelled out (not sorted(_LAZY)) so linters see the TYPE_CHECKING re-exports as used
+__all__ = [
+    "DPSGDLearner",
+    "DP_MODES",
+    "GaussianMechanism",
+    "PrivateTrainResult",
+    "UpdateDPLearner",
+    "epsilon_for",
+    "noise_for_epsilon",
+    "privacy_summary",
+    "privatize",
+    "privatize_update",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2pfl.privacy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from p2pfl.privacy.accounting import (
+        GaussianMechanism,
+        PrivateTrainResult,
+        epsilon_for,
+        noise_for_epsilon,
+        privacy_summary,
+    )
+    from p2pfl.privacy.dp_sgd import DPSGDLearner
+    from p2pfl.privacy.factory import DP_MODES, privatize
+    from p2pfl.privacy.update_dp import UpdateDPLearner, privatize_update

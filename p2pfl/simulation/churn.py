@@ -1,0 +1,57 @@
+"""Simulated crashes and recoveries: ``--fail node=3,round=10 --recover node=3,round=15``.
+
+A failing node finishes round ``round`` and then disappears without a word (its sockets
+close, as when a process is killed). A recovering node comes back once the live nodes
+have all finished round ``round``: with the state it had when it failed (as if restored
+from its per-round checkpoint), on the same endpoint. It greets its neighbours, learns
+how far ahead they are and catches up by taking their model, exactly as a restarted
+``p2pfl node`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from p2pfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Outage:
+    """One node's crash (after round ``fail_round``) and optional recovery."""
+
+    node: str
+    fail_round: int
+    recover_round: int | None = None  # rejoin once the others finished this round
+
+
+def parse_outages(fail: Sequence[str], recover: Sequence[str]) -> dict[str, Outage]:
+    """Parse ``node=N,round=R`` items; every recovery needs an earlier failure."""
+    failures = {node: round_ for node, round_ in (_item("fail", item) for item in fail)}
+    recoveries = {node: round_ for node, round_ in (_item("recover", item) for item in recover)}
+    for node, round_ in recoveries.items():
+        if node not in failures:
+            raise ConfigError("recover", f"node {node} recovers but never fails: add fail = node={node},round=R")
+        if round_ <= failures[node]:
+            raise ConfigError(
+                "recover", f"node {node} recovers at round {round_}, not after it fails at {failures[node]}"
+            )
+    return {node: Outage(node, failures[node], recoveries.get(node)) for node in failures}
+
+
+def check_outages(outages: dict[str, Outage], names: Sequence[str], rounds: int) -> None:
+    for outage in outages.values():
+        if outage.node not in names:
+            raise ConfigError("fail", f"no node named {outage.node!r}; nodes are {', '.join(names[:8])} ...")
+        if not 0 <= outage.fail_round < rounds - 1:
+            raise ConfigError("fail", f"round {outage.fail_round} of node {outage.node} is not in 0..{rounds - 2}")
+        if outage.recover_round is not None and outage.recover_round >= rounds - 1:
+            raise ConfigError("recover", f"round {outage.recover_round} leaves nothing to rejoin (rounds = {rounds})")
+
+
+def _item(field: str, item: str) -> tuple[str, int]:
+    parts = dict(part.split("=", 1) for part in item.split(",") if "=" in part)
+    try:
+        return parts["node"].strip(), int(parts["round"])
+    except (KeyError, ValueError):
+        raise ConfigError(field, f"{item!r} is not node=NAME,round=R (e.g. node=3,round=10)") from None
