@@ -35,16 +35,20 @@ PROTOCOL_VERSION = 1
 #: "model" carries a round's weights; "hello" (no tensors) says "I am up, at this round";
 #: "bye" says "I am leaving"; a node that fell behind sends "sync-request" and gets
 #: "sync" back: the neighbour's latest averaged weights and the round they start.
-KINDS = frozenset({"model", "hello", "bye", "sync-request", "sync"})
-#: Kinds whose tensors must match the local model's schema; all others carry none.
-TENSOR_KINDS = frozenset({"model", "sync"})
+#: Secure aggregation (p2pfl.privacy.secagg) adds "masked-model" (a weighted model in
+#: masked fixed point), "reveal-request" (a receiver names dropped neighbours) and
+#: "reveal" (a neighbour's masks with those, to remove from the sum).
+KINDS = frozenset({"model", "hello", "bye", "sync-request", "sync", "masked-model", "reveal-request", "reveal"})
+#: Kinds that carry tensors: checked against the local model's schema, or against the
+#: per-kind schema given to :func:`decode` (the masked kinds); all others carry none.
+TENSOR_KINDS = frozenset({"model", "sync", "masked-model", "reveal"})
 
 #: dtype names allowed on the wire (numpy names; always little-endian on the wire).
 WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in (
         "float16", "float32", "float64",
-        "int8", "int16", "int32", "int64", "uint8", "bool",
+        "int8", "int16", "int32", "int64", "uint8", "uint64", "bool",
     )
 }
 
@@ -159,6 +163,7 @@ def decode(
     *,
     schema: ModelSchema | None,
     limits: WireLimits = WireLimits(),
+    kind_schemas: Mapping[str, ModelSchema] | None = None,
 ) -> Message:
     """Decode and validate a message.
 
@@ -168,6 +173,8 @@ def decode(
             ``None`` skips the model check (tools that only inspect traffic). Other kinds
             must carry no tensors.
         limits: size bounds.
+        kind_schemas: schemas by kind that replace ``schema`` for those kinds (the masked
+            kinds of secure aggregation carry one flat uint64 tensor, not the model).
 
     Raises:
         WireError: the message is malformed, too large, from another protocol version,
@@ -203,6 +210,8 @@ def decode(
     table = _field(header, "tensors", list)
     if len(table) > limits.max_tensors:
         raise WireError("bad_header", f"{len(table)} tensors > limit {limits.max_tensors}")
+    if kind_schemas is not None and schema is not None and kind in kind_schemas:
+        schema = kind_schemas[kind]
     if kind not in TENSOR_KINDS:
         if table:
             raise WireError("bad_header", f"a {kind!r} message carries no tensors")

@@ -54,6 +54,7 @@ def main() -> None:
     result = {
         "nodes": args.nodes, "rounds": args.rounds, "topology": args.topology,
         "model": args.model, "transport": args.transport, "repeats": args.repeats,
+        "torch_threads": config.torch_threads,  # both sides (ExperimentConfig default: 1)
         "plain_seconds_median": statistics.median(plain),
         "simulation_seconds_median": statistics.median(networked),
         "ratio": statistics.median(networked) / statistics.median(plain),

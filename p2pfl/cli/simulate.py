@@ -47,6 +47,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "out": (str, "output directory for metrics.jsonl and summary.json"),
 }
 
+# on/off flags; each is a bool field of ExperimentConfig
+_SWITCHES: dict[str, str] = {
+    "secure_aggregation": "secure aggregation: each node learns only the weighted sum of its "
+    "neighbours' models (pairwise masks; needs >= 3 neighbours per node, aggregator mean)",
+}
+
 # flags that may be given several times; each is a tuple field of ExperimentConfig
 _REPEATABLE: dict[str, str] = {
     "fail": "crash a node after a round: node=NAME,round=R (repeatable)",
@@ -67,6 +73,8 @@ def register(commands: Any) -> None:
         parser.add_argument("--" + name, dest=name, action="append", default=None, help=text)
     for name, (kind, text) in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    for name, text in _SWITCHES.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=text)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
@@ -75,7 +83,7 @@ def register(commands: Any) -> None:
 def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
     flags = {
-        name: getattr(args, name) for name in (*_FLAGS, *_REPEATABLE) if getattr(args, name) is not None
+        name: getattr(args, name) for name in (*_FLAGS, *_REPEATABLE, *_SWITCHES) if getattr(args, name) is not None
     }
     config = config_from_mapping(ExperimentConfig, flags, base=config)
     return config_from_mapping(ExperimentConfig, parse_overrides(args.overrides), base=config)

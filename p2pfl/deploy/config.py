@@ -36,6 +36,7 @@ class OrgNodeConfig:
     seed: int = 0  # seed of random topologies given by name
     hello_interval: float = 1.0  # first delay between greetings while waiting to start
     torch_threads: int = 0  # torch intra-op threads (0 = torch's default: all cores)
+    secure_aggregation: bool = False  # masked models: neighbours learn only weighted sums (needs the Curve key)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -59,6 +60,10 @@ class OrgNodeConfig:
         if self.torch_threads < 0:
             raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         StartCondition.parse(self.start)  # raises ConfigError naming "start"
+        if self.secure_aggregation and (self.insecure or not self.secret_key):
+            raise ConfigError(
+                "secure_aggregation", "derives its pairwise masks from the Curve key pair: give secret_key, not --insecure"
+            )
 
 
 def load_node_config(path: str | Path, **overrides: Any) -> tuple[OrgNodeConfig, Path]:

@@ -27,7 +27,7 @@ import zmq
 
 from p2pfl.deploy.checkpoint import load_checkpoint, restore_learner, save_checkpoint, save_final_model
 from p2pfl.deploy.config import OrgNodeConfig, resolve
-from p2pfl.errors import ConfigError
+from p2pfl.errors import ConfigError, NodeError
 from p2pfl.learning.learner import Learner, TorchLearner, Weights
 from p2pfl.node.node import Node, NodeConfig, RoundMetrics
 from p2pfl.node.peers import StartCondition
@@ -225,6 +225,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 observer=progress if presence else None,
                 presence=presence,
                 checkpoint=recorder,
+                secure=_secure_aggregation(config, base, membership, allowlist, start_round),
             )
             await stack.enter_async_context(node)
             log.info("node %s listening on %s (%s)", config.name, node.endpoint,
@@ -264,6 +265,27 @@ def _apply_membership(node: Node, config: OrgNodeConfig, base: Path, changed: se
         log.error("consortium file changed but cannot be used (%s); keeping the current membership", exc)
         return
     node.update_membership(membership.schedule, membership.endpoints, relink=changed)
+
+
+def _secure_aggregation(
+    config: OrgNodeConfig, base: Path, membership: Membership, allowlist: Any, start_round: int
+) -> Any:
+    """Secure aggregation keyed by this member's Curve key (an X25519 key) and the
+    consortium allow-list's public keys, or None when off."""
+    if not config.secure_aggregation:
+        return None
+    from p2pfl.privacy.secagg import SecAggKeys, SecureAggregation, check_neighbourhood
+    from p2pfl.security import read_secret_key
+
+    if allowlist is None:
+        raise ConfigError("secure_aggregation", "needs the consortium's public keys and this node's key pair")
+    try:
+        check_neighbourhood(membership.schedule.plan(config.name, start_round))
+    except NodeError as exc:
+        raise ConfigError("secure_aggregation", str(exc)) from None
+    keypair = read_secret_key(resolve(base, config.secret_key))
+    log.info("node %s: secure aggregation on (neighbours see only weighted sums of models)", config.name)
+    return SecureAggregation(SecAggKeys.from_curve(config.name, keypair.secret, allowlist.key_for))
 
 
 async def _link_security(

@@ -150,6 +150,10 @@ class TorchLearner:
         for name in self._shared:
             state[name].copy_(torch.from_numpy(np.asarray(weights[name])))
 
+    def restart_optimizer(self) -> None:
+        """Forget optimizer state (e.g. momentum) that belongs to a model we replaced."""
+        self.optimizer.state.clear()
+
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: model, optimizer, RNG streams."""
         state: dict[str, Any] = {

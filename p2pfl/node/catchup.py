@@ -47,8 +47,13 @@ class CatchUp:
 
 
 def average(replies: dict[str, Message]) -> tuple[int, Weights]:
-    """The round to join (the furthest reply) and the uniform average of the replies."""
-    round_ = max(message.round for message in replies.values())
+    """The neighbours' round and the uniform average of the replies' weights.
+
+    The round is the (lower) median of the replies' rounds, so a single neighbour
+    claiming a far round cannot move it.
+    """
+    rounds = sorted(message.round for message in replies.values())
+    round_ = rounds[(len(rounds) - 1) // 2]
     peers = sorted(replies)
     weights: Weights = {}
     for name in replies[peers[0]].tensors:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
@@ -24,6 +24,9 @@ from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import Incoming, ZmqTransport
+
+if TYPE_CHECKING:
+    from p2pfl.privacy.secagg import SecureAggregation, SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class _Exchange:
     bytes_received: int
     missing: tuple[str, ...]
     seconds: float
+    secure_sum: SecureSum | None = None  # secure aggregation: the unmasked sum of the present
 
 
 class RoundObserver(Protocol):
@@ -133,6 +137,9 @@ class Node:
             starts from (a deployment records the round and saves its checkpoint there).
         aggregator: how received models are combined with the node's own; weighted
             averaging with the mixing weights (``mix``) by default.
+        secure: optional secure aggregation (:mod:`p2pfl.privacy.secagg`): models travel
+            masked and the node learns only the weighted sum of its neighbours' models.
+            Needs the default ``mix`` aggregator and neighbourhoods of at least 3.
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class Node:
         presence: PeerPresence | None = None,
         checkpoint: Callable[[RoundMetrics], None] | None = None,
         aggregator: Aggregator = mix,
+        secure: SecureAggregation | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -167,10 +175,24 @@ class Node:
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
         self._catch_up = CatchUp()
         self._latest: tuple[int, Weights] | None = None  # (round it starts, averaged weights)
+        self._sent: tuple[int, list[bytes | memoryview]] | None = None  # this round's model frames
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(learner.get_weights())
+        self.secure = secure
+        self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
+        if secure is not None:
+            if aggregator is not mix:
+                raise NodeError(
+                    f"node {self.name}: secure aggregation gives the node only the sum of its "
+                    "neighbours' models; robust aggregators (median, Krum, trimmed mean, clipped "
+                    "gossip) need the individual models: use the default weighted mean"
+                )
+            from p2pfl.privacy.secagg import RevealCollector
+
+            secure.bind(self._schema)
+            self._kind_schemas = secure.wire_schemas()
+            self._reveals = RevealCollector()
         self._started = False
-        self._receiver: asyncio.Task[None] | None = None
-        self._activity: asyncio.Condition | None = None
+        self._stat_waiters: list[tuple[Callable[[NodeStats], bool], asyncio.Future[None]]] = []
         self.endpoint: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -180,13 +202,11 @@ class Node:
         if self._executor is None:
             self._own_executor = ThreadPoolExecutor(1, thread_name_prefix=f"p2pfl-{self.name}")
             self._executor = self._own_executor
-        self._activity = asyncio.Condition()
         if self.presence is not None:
             self.presence.subscribe(self._inbox.poke)
-        # The node owns exactly one background task, the receiver; close() cancels and
-        # awaits it (a plain task rather than a TaskGroup: a simulated crash closes the
-        # node from another task than the one that started it).
-        self._receiver = asyncio.create_task(self._receive_loop(), name=f"{self.name}-recv")
+        # Messages are handled straight from the socket's reader callback: no task of
+        # its own to own, and no task wake-up per message.
+        self.transport.listen(self._on_incoming)
         self._started = True
         log.debug("node %s listening on %s", self.name, self.endpoint)
         return self
@@ -208,14 +228,10 @@ class Node:
                 bye = wire.encode(kind="bye", sender=self.name, round=self._inbox.current_round,
                                   samples=0, tensors={})
                 self._send_to(tuple(self._addresses), bye, control=True)
-            if self._receiver is not None:
-                self._receiver.cancel()
-                await asyncio.wait({self._receiver})  # its end, without its CancelledError
         finally:
             self.transport.close()
             if self._own_executor is not None:
                 self._own_executor.shutdown(wait=True)
-            self._receiver = None
 
     async def wait_until(self, predicate: Callable[[NodeStats], bool], timeout: float) -> None:
         """Wait until ``predicate(self.stats)`` holds after some incoming message.
@@ -223,11 +239,18 @@ class Node:
         Raises:
             TimeoutError: it did not hold within ``timeout`` seconds.
         """
-        if self._activity is None:
+        if not self._started:
             raise NodeError(f"node {self.name} is not started: use 'async with node:'")
-        activity = self._activity
-        async with asyncio.timeout(timeout), activity:
-            await activity.wait_for(lambda: predicate(self.stats))
+        if predicate(self.stats):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (predicate, waiter)
+        self._stat_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            self._stat_waiters.remove(entry)
 
     async def wait_until_ready(
         self, condition: StartCondition, *, hello_interval: float = 1.0, log_every: float = 10.0
@@ -323,17 +346,27 @@ class Node:
         return self.history[first:]
 
     async def _catch_up_if_behind(self, round_: int) -> tuple[int, Weights] | None:
-        ahead = self.peers.ahead_of(round_ + 1)
-        if not ahead:
+        """Join the neighbours' round with their model, if most of them are far ahead.
+
+        A majority of the neighbours heard from must agree, the round joined follows the
+        median of their replies and is never past the last round: one lying neighbour
+        can neither make the node skip training nor end it.
+        """
+        present = {p for p in self.peers.present() if not self.peers.is_suspected(p)}
+        ahead = [p for p in self.peers.ahead_of(round_ + 1) if p in present]
+        if not ahead or 2 * len(ahead) <= len(present):
             return None
         request = wire.encode(kind="sync-request", sender=self.name, round=round_, samples=0, tensors={})
         self._send_to(tuple(ahead), request, control=True)
         replies = await self._catch_up.gather(ahead, timeout=self.config.round_timeout)
-        if not replies:
-            log.warning("node %s: neighbours %s are ahead but sent no model to catch up with",
+        if 2 * len(replies) <= len(present):
+            log.warning("node %s: neighbours %s seem ahead but too few sent a model to catch up with",
                         self.name, ", ".join(ahead))
             return None
-        target, weights = average(replies)
+        # Join the neighbours' current round: they resend their model of it with the sync
+        # reply, and wait for ours now that they heard from us again.
+        current, weights = average(replies)
+        target = min(current, self.config.rounds - 1)
         if target <= round_:
             return None
         log.info("node %s: behind at round %d; took the model of %s and joins at round %d",
@@ -343,6 +376,8 @@ class Node:
     async def _exchange(self, round_: int, step: _WorkerStep) -> _Exchange:
         """Send this round's model to the plan's peers and collect theirs."""
         assert step.trained is not None and step.weights is not None
+        if self.secure is not None:
+            return await self._secure_exchange(round_, step, self.secure)
         plan = self.schedule.plan(self.name, round_)
         started = time.perf_counter()
         frames = wire.encode(
@@ -350,6 +385,7 @@ class Node:
             samples=step.trained.samples, tensors=step.weights,
         )
         sent = self._send_to(plan.send_to, frames)
+        self._sent = (round_, frames)
         received = await self._inbox.collect(
             round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
         )
@@ -371,6 +407,95 @@ class Node:
             seconds=time.perf_counter() - started,
         )
 
+    async def _secure_exchange(self, round_: int, step: _WorkerStep, secure: SecureAggregation) -> _Exchange:
+        """``_exchange`` with secure aggregation: one masked, weighted model per receiver;
+        dropped neighbours' masks are revealed by the present ones and removed."""
+        assert step.trained is not None and step.weights is not None
+        plan = self.schedule.plan(self.name, round_)
+        started = time.perf_counter()
+        flat = secure.flatten(step.weights)
+        sent = 0
+        for receiver in plan.send_to:
+            payload = secure.masked_for(self.schedule.plan(receiver, round_), round_, flat)
+            frames = wire.encode(
+                kind="masked-model", sender=self.name, round=round_,
+                samples=step.trained.samples, tensors={"masked": payload},
+            )
+            sent += self._send_to((receiver,), frames)
+        received = await self._inbox.collect(
+            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
+        )
+        missing = tuple(p for p in plan.expect_from if p not in received)
+        for peer in missing:
+            if self.peers.suspect(peer):
+                log.warning(
+                    "node %s round %d: no model from %s; unmasking the sum without it and not "
+                    "waiting for it again until it is heard from", self.name, round_, peer,
+                )
+        masked = {peer: msg.tensors["masked"] for peer, msg in received.items()}
+        dropped = set(missing)
+        reveals: dict[str, Any] = {}
+        nbytes = sum(msg.nbytes for msg in received.values())
+        while dropped and masked:
+            secure.mark_dropped(round_, dropped)  # their late models are refused from now on
+            if len(plan.expect_from) - len(dropped) < 2:
+                log.warning("node %s round %d: fewer than 2 neighbours left in the sum; "
+                            "averaging without neighbours", self.name, round_)
+                masked = {}
+                break
+            request = wire.encode(
+                kind="reveal-request", sender=self.name, round=round_, samples=0, tensors={},
+                meta={"dropped": sorted(dropped)},
+            )
+            self._reveals.open(round_, masked)
+            self._send_to(tuple(masked), request, control=True)
+            got = await self._reveals.gather(self.config.round_timeout)
+            silent = set(masked) - set(got)
+            reveals = {peer: msg.tensors["masked"] for peer, msg in got.items()}
+            nbytes += sum(msg.nbytes for msg in got.values())
+            if not silent:
+                break
+            log.warning("node %s round %d: %s sent no reveal; leaving them out too",
+                        self.name, round_, ", ".join(sorted(silent)))
+            dropped |= silent
+            masked = {p: v for p, v in masked.items() if p not in silent}
+        secure_sum = secure.unmask(masked, reveals, dropped)
+        return _Exchange(
+            round=round_,
+            own=step.weights,
+            received={peer: {} for peer in secure_sum.present},
+            weights=plan.weights,
+            bytes_sent=sent,
+            bytes_received=nbytes,
+            missing=tuple(p for p in plan.expect_from if p not in secure_sum.present),
+            seconds=time.perf_counter() - started,
+            secure_sum=secure_sum,
+        )
+
+    def _check_secure_kind(self, message: wire.Message) -> None:
+        """With secure aggregation only masked models are taken, and only from peers not
+        yet declared dropped; without it, none."""
+        if self.secure is None:
+            if message.kind == "masked-model":
+                raise WireError("secagg_off", "a masked model, but secure aggregation is off here")
+            return
+        if message.kind == "model":
+            raise WireError("secagg_plain", "a plain model, but this node runs secure aggregation")
+        self.secure.check_not_dropped(message.sender, message.round)
+
+    def _on_reveal_request(self, message: wire.Message) -> None:
+        if self.secure is None:
+            raise WireError("secagg_off", "a reveal request, but secure aggregation is off here")
+        dropped = message.meta.get("dropped")
+        if not isinstance(dropped, list) or not all(isinstance(d, str) for d in dropped):
+            raise WireError("bad_header", "a reveal request names its dropped peers in meta.dropped")
+        plan = self.schedule.plan(message.sender, message.round)
+        masks = self.secure.reveal_for(plan, message.round, dropped)  # raises reveal_refused
+        frames = wire.encode(
+            kind="reveal", sender=self.name, round=message.round, samples=0, tensors={"masked": masks}
+        )
+        self._send_to((message.sender,), frames, control=True)
+
     def _worker_step(
         self,
         previous: _WorkerStep | None,
@@ -383,9 +508,15 @@ class Node:
         started = time.perf_counter()
         if adopt is not None:
             self.learner.set_weights(adopt)
+            restart = getattr(self.learner, "restart_optimizer", None)
+            if callable(restart):  # momentum of the old model would push the new one astray
+                restart()
         mixed = metrics = None
         if previous is not None and exchange is not None:
-            mixed = self.aggregator(self.name, exchange.own, exchange.received, exchange.weights)
+            if exchange.secure_sum is not None and self.secure is not None:
+                mixed = self.secure.combine(exchange.own, exchange.secure_sum, exchange.weights)
+            else:
+                mixed = self.aggregator(self.name, exchange.own, exchange.received, exchange.weights)
             self.learner.set_weights(mixed)
             evaluation = self.learner.evaluate()
             metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)
@@ -465,21 +596,18 @@ class Node:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        while True:
-            incoming = await self.transport.recv()
-            self.stats.bytes_received += incoming.nbytes
-            try:
-                self._accept(incoming)
-            except WireError as exc:
-                self._count_rejection(exc.reason, str(exc))
-            except Exception:  # a peer must never be able to stop this loop
-                self._count_rejection("internal_error", "unexpected error handling a message")
-                log.exception("node %s: error handling a message; message dropped", self.name)
-            activity = self._activity
-            if activity is not None and activity._waiters:  # only tests and tools wait
-                async with activity:
-                    activity.notify_all()
+    def _on_incoming(self, incoming: Incoming) -> None:
+        self.stats.bytes_received += incoming.nbytes
+        try:
+            self._accept(incoming)
+        except WireError as exc:
+            self._count_rejection(exc.reason, str(exc))
+        except Exception:  # a peer must never be able to stop the node
+            self._count_rejection("internal_error", "unexpected error handling a message")
+            log.exception("node %s: error handling a message; message dropped", self.name)
+        for predicate, waiter in self._stat_waiters:  # only tests and tools wait
+            if not waiter.done() and predicate(self.stats):
+                waiter.set_result(None)
 
     def _accept(self, incoming: Incoming) -> None:
         # [security hook] With link security on, the authenticated key (checked against the
@@ -491,14 +619,17 @@ class Node:
             member = security.member_for(incoming.user_id)
             if member is None:
                 raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
-        message = wire.decode(incoming.frames, schema=self._schema, limits=self.config.limits)
+        message = wire.decode(
+            incoming.frames, schema=self._schema, limits=self.config.limits, kind_schemas=self._kind_schemas
+        )
         if member is not None and message.sender != member:
             raise WireError(
                 "sender_mismatch", f"header claims sender {message.sender!r}, the link is {member!r}'s"
             )
         if message.sender == self.name:
             raise WireError("unknown_sender", "message claims to come from this node itself")
-        if message.kind == "model":
+        if message.kind in ("model", "masked-model"):
+            self._check_secure_kind(message)
             if message.round >= self.config.rounds:
                 raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
             if message.round >= self._inbox.current_round:
@@ -513,8 +644,15 @@ class Node:
             raise WireError("unknown_sender", f"{message.kind} from {message.sender!r}, not a neighbour")
         if self.peers.heard(message.sender, message.round):
             log.info("node %s: %s is back (at round %d)", self.name, message.sender, message.round)
-        if message.kind == "model":
+            self._inbox.poke()  # a round under way waits for it again
+        if message.kind in ("model", "masked-model"):
             self._inbox.offer(message)
+        elif message.kind == "reveal-request":
+            self._on_reveal_request(message)
+        elif message.kind == "reveal":
+            if self.secure is None:
+                raise WireError("secagg_off", "a reveal, but secure aggregation is off here")
+            self._reveals.offer(message)
         elif message.kind == "hello":
             self._on_hello(message)
         elif message.kind == "bye":
@@ -543,6 +681,9 @@ class Node:
         round_, weights = self._latest
         frames = wire.encode(kind="sync", sender=self.name, round=round_, samples=0, tensors=weights)
         self._send_to((message.sender,), frames, control=True)
+        if self._sent is not None and self._sent[0] == round_:
+            # our model of the round it is about to join went out while it was away
+            self._send_to((message.sender,), self._sent[1], control=True)
 
     def _may_answer(self, peer: str, kind: str) -> bool:
         """At most two answers of a kind per peer and second: requests cannot make us flood."""

@@ -45,6 +45,7 @@ class ExperimentConfig:
     noise: float = 0.0  # noise multiplier (noise std / clip) when no target_epsilon
     clip: float = 1.0  # L2 bound: per-sample gradient (sample) or round update (update)
     delta: float = 1e-5  # delta of the reported (epsilon, delta)
+    secure_aggregation: bool = False  # masked pairwise sums: a node learns only its neighbours' weighted sum
     out: str | None = None  # directory for metrics.jsonl / summary.json; None = no files
 
     def __post_init__(self) -> None:
@@ -82,6 +83,24 @@ class ExperimentConfig:
             raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         self._check_byzantine()
         self._check_privacy()
+        self._check_secure_aggregation()
+
+    def _check_secure_aggregation(self) -> None:
+        if not self.secure_aggregation:
+            return
+        if self.aggregator != "mean":
+            raise ConfigError(
+                "secure_aggregation",
+                f"aggregator {self.aggregator!r} needs each neighbour's model; secure aggregation "
+                "reveals only their sum: use aggregator = \"mean\"",
+            )
+        if self.fanout:
+            raise ConfigError(
+                "secure_aggregation",
+                "needs a static topology (fanout = 0): random peers give neighbourhoods under 3",
+            )
+        if self.attack:
+            raise ConfigError("secure_aggregation", "attack simulations are not supported with secure aggregation")
 
     def _check_byzantine(self) -> None:
         # imported only when used: both parsers are torch-free, but need numpy

@@ -57,6 +57,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         schedule = RandomPeerSchedule(topology.names, config.fanout, config.seed)
     else:
         schedule = StaticSchedule(topology)
+    if config.secure_aggregation:
+        check_secure_neighbourhoods(schedule, topology.names)
     dataset = load_dataset(
         config.dataset, seed=config.seed, test_fraction=config.test_fraction,
         image=config.model == "cnn",
@@ -70,6 +72,17 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         )
     names = [topology.names[i] for i in attackers]
     return Experiment(config, topology, schedule, dataset, parts, learners, names)
+
+
+def check_secure_neighbourhoods(schedule: GossipSchedule, names: list[str]) -> None:
+    """Secure aggregation needs every node to have at least 3 neighbours."""
+    from p2pfl.errors import NodeError
+    from p2pfl.privacy.secagg import check_schedule
+
+    try:
+        check_schedule(schedule, names)
+    except NodeError as exc:
+        raise ConfigError("secure_aggregation", f"{exc}; use e.g. topology = \"random-regular:4\" or a torus") from None
 
 
 def pick_attackers(config: ExperimentConfig, n: int) -> list[int]:
