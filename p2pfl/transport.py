@@ -97,7 +97,7 @@ class ZmqTransport:
         security: LinkSecurity | None = None,
     ) -> None:
         # one underlying context either way; we only use the plain socket API on it
-        self._context = zmq.Context.shadow(context.underlying)
+        self._context: zmq.Context = zmq.Context.shadow(context.underlying)
         self._bind = bind
         self._options = options
         self._router: zmq.Socket | None = None
@@ -146,8 +146,12 @@ class ZmqTransport:
         if self._router is None or self._loop is None:
             raise TransportError("transport not started: call start() first")
         self._handler = handler
-        self._loop.add_reader(self._router.getsockopt(zmq.FD), self._drain)
+        self._loop.add_reader(self._fd(), self._drain)
         self._loop.call_soon(self._drain)  # messages that were queued before we listened
+
+    def _fd(self) -> int:
+        assert self._router is not None
+        return int(self._router.getsockopt(zmq.FD))
 
     def _drain(self) -> None:
         router, handler = self._router, self._handler
@@ -155,7 +159,7 @@ class ZmqTransport:
             return
         for _ in range(RECEIVE_BATCH):
             # Reading EVENTS also re-arms the edge-triggered FD once the queue is empty.
-            if not router.get(_EVENTS) & _POLLIN:
+            if not int(router.get(_EVENTS)) & _POLLIN:
                 return
             # all frames of a message are queued once its first is readable; the frame
             # knows whether more follow (recv_multipart would ask the socket each time)
@@ -236,7 +240,7 @@ class ZmqTransport:
         self._dealers.clear()
         if self._router is not None:
             if self._handler is not None and self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._router.getsockopt(zmq.FD))
+                self._loop.remove_reader(self._fd())
             self._handler = None
             self._router.close(linger=0)
             self._router = None

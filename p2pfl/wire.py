@@ -144,7 +144,7 @@ def encode(
         little = array.astype(WIRE_DTYPES[dtype], copy=False)  # no-op on little-endian hosts
         contiguous = np.ascontiguousarray(little)
         table.append([name, dtype, list(contiguous.shape), contiguous.nbytes])
-        frames.append(memoryview(contiguous).cast("B"))
+        frames.append(memoryview(contiguous).cast("B"))  # type: ignore[arg-type]  # ndarray is a buffer
     header = {
         "v": PROTOCOL_VERSION,
         "kind": kind,

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -632,10 +632,11 @@ class Node:
             self._check_secure_kind(message)
             if message.round >= self.config.rounds:
                 raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
-            if message.round >= self._inbox.current_round:
-                expected = self.schedule.plan(self.name, message.round).weights
-            else:  # stale, but still news of where the sender is
-                expected = self.peers.peers
+            expected: Collection[str] = (
+                self.schedule.plan(self.name, message.round).weights
+                if message.round >= self._inbox.current_round
+                else self.peers.peers  # stale, but still news of where the sender is
+            )
             if message.sender not in expected:
                 raise WireError(
                     "unknown_sender", f"{message.sender!r} is not a neighbour in round {message.round}"

@@ -131,7 +131,9 @@ async def simulate(
                         return
                     await recorder.wait_for_round(outage.recover_round)
                     # back with the state it had (as restored from its checkpoint), same address
-                    revived = make_node(node.name, node.learner, endpoints[node.name], outage.fail_round + 1)
+                    endpoint = endpoints[node.name]
+                    assert endpoint is not None  # set when the node started
+                    revived = make_node(node.name, node.learner, endpoint, outage.fail_round + 1)
                     await stack.enter_async_context(revived)
                     for peer in experiment.schedule.peers(node.name):
                         revived.add_peer(peer, endpoints[peer])  # type: ignore[arg-type]
