@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,8 +38,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 
-#: Messages handled per turn of the event loop before other callbacks get their turn.
+#: Per turn of the event loop, messages are handled until this many, or this long,
+#: before other callbacks get their turn: a flood cannot starve the node's rounds.
 RECEIVE_BATCH = 64
+RECEIVE_BATCH_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class ZmqTransport:
         router, handler = self._router, self._handler
         if router is None or handler is None:
             return
+        deadline = time.monotonic() + RECEIVE_BATCH_SECONDS
         for _ in range(RECEIVE_BATCH):
             # Reading EVENTS also re-arms the edge-triggered FD once the queue is empty.
             if not int(router.get(_EVENTS)) & _POLLIN:
@@ -167,6 +171,8 @@ class ZmqTransport:
             while parts[-1].more:
                 parts.append(router.recv(_NOBLOCK, copy=False))
             handler(self._incoming(parts))
+            if time.monotonic() > deadline:
+                break
         assert self._loop is not None
         self._loop.call_soon(self._drain)  # more are queued: continue after the others
 

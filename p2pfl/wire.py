@@ -142,9 +142,11 @@ def encode(
     for name, array in tensors.items():
         dtype = _wire_dtype_name(name, array.dtype)
         little = array.astype(WIRE_DTYPES[dtype], copy=False)  # no-op on little-endian hosts
-        contiguous = np.ascontiguousarray(little)
+        # (not np.ascontiguousarray: it turns a 0-d scalar tensor into shape (1,))
+        contiguous = little if little.flags.c_contiguous else little.copy(order="C")
         table.append([name, dtype, list(contiguous.shape), contiguous.nbytes])
-        frames.append(memoryview(contiguous).cast("B"))  # type: ignore[arg-type]  # ndarray is a buffer
+        # a flat byte view works for scalars and empty tensors alike, still without a copy
+        frames.append(memoryview(contiguous.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
     header = {
         "v": PROTOCOL_VERSION,
         "kind": kind,
@@ -190,9 +192,9 @@ def decode(
         raise WireError(
             "header_too_large", f"{len(header_bytes)} bytes > limit {limits.max_header_bytes}"
         )
-    header = _unpack_header(header_bytes)
+    header = _unpack_header(header_bytes, max_objects=_object_budget(limits))
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # 1.0 and True are not 1
         raise WireError("version", f"protocol version {version!r}, this node speaks {PROTOCOL_VERSION}")
     kind = _field(header, "kind", str)
     if kind not in KINDS:
@@ -253,11 +255,28 @@ def _wire_dtype_name(name: str, dtype: np.dtype[Any]) -> str:
     return wire_name
 
 
-def _unpack_header(data: memoryview | bytes) -> dict[str, Any]:
+def _object_budget(limits: WireLimits) -> int:
+    """Decoded objects a header may hold: its tensor table (name, dtype, shape, size per
+    tensor) plus a little meta. Python objects are ~50x bigger than their msgpack bytes,
+    so this, not the byte limit, is what bounds a header's memory."""
+    return 16 * limits.max_tensors + 1024
+
+
+def _unpack_header(data: memoryview | bytes, *, max_objects: int) -> dict[str, Any]:
+    decoded = 0
+
+    def count(container: Any) -> Any:
+        nonlocal decoded
+        decoded += len(container) + 1
+        if decoded > max_objects:
+            raise WireError("bad_header", f"header holds more than {max_objects} objects")
+        return container
+
     try:
         # unpackb bounds every declared length by the frame's own size, so a tiny frame
         # cannot declare a huge string or array (the classic msgpack bomb); the explicit
-        # limits below say so; ext types are refused outright.
+        # limits below say so; ext types are refused outright, and the hooks count what
+        # is built as it is built.
         size = len(data)
         header = msgpack.unpackb(
             data,
@@ -269,6 +288,8 @@ def _unpack_header(data: memoryview | bytes) -> dict[str, Any]:
             max_map_len=size // 2,
             max_ext_len=0,
             ext_hook=_refuse_ext,
+            list_hook=count,
+            object_hook=count,
         )
     except WireError:
         raise
@@ -297,12 +318,14 @@ def _tensor_entry(entry: Any) -> tuple[str, TensorSpec, int]:
     name, dtype, shape, nbytes = entry
     if not isinstance(name, str) or not name or len(name) > _MAX_NAME_CHARS:
         raise WireError("bad_header", "tensor name must be a non-empty string of at most 256 chars")
-    if dtype not in WIRE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise WireError("dtype", f"tensor {name!r}: dtype {dtype!r} not in {sorted(WIRE_DTYPES)}")
     if (
         not isinstance(shape, list)
         or len(shape) > _MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
+        # an empty tensor may not hide absurd sizes behind its zero (numpy refuses them)
+        or math.prod(d for d in shape if d) >= 2**40
     ):
         raise WireError("bad_header", f"tensor {name!r}: shape must be a list of at most 8 sizes")
     if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:

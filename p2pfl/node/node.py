@@ -7,6 +7,7 @@ a local simulation; only who builds it differs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -110,6 +111,25 @@ class _Exchange:
     secure_sum: SecureSum | None = None  # secure aggregation: the unmasked sum of the present
 
 
+def _limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimits:
+    """Size limits fitted to the local model: a peer's messages mirror our own.
+
+    A header decodes into many times its size in Python objects, so a generic 1 MiB
+    bound would let a few messages pin hundreds of MB; our own header's size (names,
+    shapes) with ample room for extensions bounds it honestly.
+    """
+    own = wire.encode(kind="model", sender="x" * 64, round=2**31, samples=2**31, tensors=weights)
+    header, payload = len(own[0]), sum(len(frame) for frame in own[1:])
+    limits = config.limits
+    return dataclasses.replace(
+        limits,
+        max_header_bytes=min(limits.max_header_bytes, 4 * header + 16 * 1024),
+        # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
+        max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
+        max_tensors=min(limits.max_tensors, len(weights) + 64),
+    )
+
+
 class RoundObserver(Protocol):
     """Told about every finished round (a simulation records metrics through it)."""
 
@@ -176,7 +196,9 @@ class Node:
         self._catch_up = CatchUp()
         self._latest: tuple[int, Weights] | None = None  # (round it starts, averaged weights)
         self._sent: tuple[int, list[bytes | memoryview]] | None = None  # this round's model frames
-        self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(learner.get_weights())
+        weights = learner.get_weights()
+        self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(weights)
+        self._limits = _limits_for(weights, config)
         self.secure = secure
         self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
         if secure is not None:
@@ -620,7 +642,7 @@ class Node:
             if member is None:
                 raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
         message = wire.decode(
-            incoming.frames, schema=self._schema, limits=self.config.limits, kind_schemas=self._kind_schemas
+            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._kind_schemas
         )
         if member is not None and message.sender != member:
             raise WireError(
@@ -643,6 +665,8 @@ class Node:
                 )
         elif message.sender not in self.peers.peers:
             raise WireError("unknown_sender", f"{message.kind} from {message.sender!r}, not a neighbour")
+        elif message.round > self.config.rounds:  # no honest peer is past the last round
+            raise WireError("future_round", f"{message.kind} claims round {message.round} > {self.config.rounds}")
         if self.peers.heard(message.sender, message.round):
             log.info("node %s: %s is back (at round %d)", self.name, message.sender, message.round)
             self._inbox.poke()  # a round under way waits for it again

@@ -1,0 +1,142 @@
+"""A live node under hostile traffic while an honest neighbour keeps gossiping.
+
+The attack itself lives in ``scripts/fuzz_node.py`` (also runnable standalone, with
+throughput and memory figures): node "0" of a 3-ring runs ``run()`` while a raw pyzmq
+DEALER sends hostile messages of every kind, spread over the rounds, and another sends
+the honest neighbour "1"'s model once per round in the middle of them.
+
+Quick mode (default): 2,000 hostile messages, about 3 s (plus ~5 s of set-up).
+``P2PFL_FUZZ_LONG=1``: 100,000 messages (100 rounds), about 35 s on 2 cores.
+``P2PFL_FUZZ_SEED`` picks the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from p2pfl import Node, NodeConfig, StaticSchedule, ZmqTransport, build_topology, wire
+from p2pfl.testing import tiny_learner
+
+LONG = os.environ.get("P2PFL_FUZZ_LONG") == "1"
+MESSAGES = 100_000 if LONG else 2_000
+SEED = int(os.environ.get("P2PFL_FUZZ_SEED", "0"))
+#: RSS may grow this much over the pre-attack level (measured: ~20-30 MB at 2k and 100k)
+RSS_BOUND_MB = 150.0
+TIMEOUT = 10.0
+
+
+async def test_a_live_node_survives_hostile_traffic_and_keeps_gossiping(fuzz_node, known_bugs):
+    report = await fuzz_node.attack(MESSAGES, seed=SEED, timeout=60.0 + MESSAGES / 100)
+    summary = report.as_dict()
+    print(summary)  # shown with -s or on failure
+    failures = fuzz_node.check(report, rss_bound_mb=RSS_BOUND_MB, tolerated_crash=known_bugs.tolerates)
+    assert not failures, f"{failures}\n{summary}"
+    # the attack covered what it claims: every kind sent, every refusal path taken
+    assert report.hostile_sent >= MESSAGES
+    assert len(report.by_kind) == 15, report.by_kind  # every kind of attack in fuzz_node.Hostile
+    for reason in fuzz_node.NODE_REASONS | {
+        "bad_header", "version", "unknown_kind", "frame_count", "size_mismatch", "too_large",
+        "header_too_large", "dtype", "schema_names", "schema_dtype", "schema_shape", "non_finite",
+    }:
+        assert report.rejected[reason] > 0, f"no message was refused as {reason}"
+
+
+def _hello_bomb(lists: int) -> bytes:
+    """A hello from a non-neighbour whose meta is ``lists`` empty lists: a few ms to decode."""
+    return msgpack.packb({"v": 1, "kind": "hello", "sender": "7", "round": 0, "samples": 0,
+                          "tensors": [], "meta": {"x": [[]] * lists}})
+
+
+async def test_the_event_loop_stays_responsive_while_a_burst_is_processed():
+    """Regression: queued messages were once handled back to back however long they took,
+    and a 64 KiB header of empty lists costs ~0.15 s to decode, so a handful froze every
+    other task. Now batches are bounded in time and a node refuses headers far bigger
+    than its own model's before decoding them."""
+    burst, bomb = 12, _hello_bomb(64 * 1024)
+    context = zmq.asyncio.Context()
+    config = NodeConfig(name="0", rounds=1, round_timeout=TIMEOUT)
+    node = Node(config, tiny_learner(0), StaticSchedule(build_topology("ring", 3)),
+                ZmqTransport(context, "tcp://127.0.0.1:0"))
+    gaps: list[float] = []
+    last_tick = [0.0]
+    ticking = asyncio.Event()
+
+    async def ticker() -> None:  # measures the loop's latency; not a wait for an outcome
+        last_tick[0] = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last_tick[0])
+            last_tick[0] = now
+            ticking.set()
+
+    sock = context.socket(zmq.DEALER)
+    try:
+        async with node:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(node.endpoint)
+            tick = asyncio.create_task(ticker())
+            try:
+                await asyncio.wait_for(ticking.wait(), TIMEOUT)
+                for _ in range(burst):
+                    await sock.send_multipart([bomb])
+                await node.wait_until(lambda s: sum(s.rejected.values()) >= burst, TIMEOUT * 3)
+                gaps.append(time.perf_counter() - last_tick[0])  # the ticker may not have run since
+            finally:
+                tick.cancel()
+                await asyncio.gather(tick, return_exceptions=True)
+    finally:
+        sock.close(linger=0)
+        context.term()
+    assert sum(node.stats.rejected.values()) == burst
+    assert node.stats.messages_accepted == 0
+    assert max(gaps) < 0.5, f"the event loop was blocked for {max(gaps):.2f} s by {burst} queued messages"
+
+
+async def test_one_neighbour_cannot_end_training_by_claiming_a_far_round():
+    """Regression: a hello claiming round 2**40-1 and then a forged "sync" once made
+    run() return with no round done. Now a claim past the last round is refused, and a
+    catch-up never jumps past the last round: the node still trains it."""
+    far = 2**40 - 1
+    context = zmq.asyncio.Context()
+    config = NodeConfig(name="0", rounds=3, round_timeout=0.5)
+    node = Node(config, tiny_learner(0), StaticSchedule(build_topology("ring", 3)),
+                ZmqTransport(context, "tcp://127.0.0.1:0"))
+    listener = context.socket(zmq.ROUTER)  # where "1" receives what the node sends it
+    sock = context.socket(zmq.DEALER)  # what "1" sends from
+    try:
+        listener.setsockopt(zmq.LINGER, 0)
+        port = listener.bind_to_random_port("tcp://127.0.0.1")
+        async with node:
+            node.add_peer("1", f"tcp://127.0.0.1:{port}")
+            node.add_peer("2", "tcp://127.0.0.1:1")
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(node.endpoint)
+            far_hello = wire.encode(kind="hello", sender="1", round=far, samples=0, tensors={},
+                                    meta={"reply": True})
+            await sock.send_multipart(far_hello)
+            await node.wait_until(lambda s: s.rejected["future_round"] == 1, TIMEOUT)
+            # the furthest claim a peer may make: the last round; the node then catches up
+            hello = wire.encode(kind="hello", sender="1", round=config.rounds, samples=0, tensors={},
+                                meta={"reply": True})
+            await sock.send_multipart(hello)
+            await node.wait_until(lambda s: s.messages_accepted == 1, TIMEOUT)
+            run = asyncio.create_task(node.run())
+            async with asyncio.timeout(TIMEOUT):
+                while msgpack.unpackb((await listener.recv_multipart())[1])["kind"] != "sync-request":
+                    pass
+            sync = wire.encode(kind="sync", sender="1", round=config.rounds, samples=0,
+                               tensors=tiny_learner(1).get_weights())
+            await sock.send_multipart(sync)
+            history = await asyncio.wait_for(run, TIMEOUT)
+            assert [m.round for m in history] == [config.rounds - 1]  # trained, not skipped
+    finally:
+        sock.close(linger=0)
+        listener.close(linger=0)
+        context.term()
