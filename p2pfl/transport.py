@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+#: Frames at least this big are sent without a copy (pyzmq's own copy threshold).
+ZERO_COPY_BYTES = 64 * 1024
 
 #: Per turn of the event loop, messages are handled until this many, or this long,
 #: before other callbacks get their turn: a flood cannot starve the node's rounds.
@@ -218,9 +222,16 @@ class ZmqTransport:
         dealer = self._dealers.get(peer)
         if dealer is None:
             raise TransportError(f"no link to peer {peer!r}: connect() it first")
+        last = len(frames) - 1
         try:
-            # NOBLOCK either queues the frames (zero-copy) or raises Again at the HWM
-            dealer.send_multipart(frames, flags=_NOBLOCK, copy=False)
+            for i, frame in enumerate(frames):
+                # Big frames go zero-copy from the tensor's memory; small ones are copied,
+                # as pyzmq would do anyway below its copy threshold, minus the cost of a
+                # zmq.Frame per part. NOBLOCK on the first part either queues the whole
+                # message or raises Again at the high-water mark (parts are atomic).
+                dealer.send(
+                    frame, _NOBLOCK | (_SNDMORE if i < last else 0), copy=len(frame) < ZERO_COPY_BYTES
+                )
         except zmq.Again:
             return False
         return True

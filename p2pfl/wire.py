@@ -166,6 +166,7 @@ def decode(
     schema: ModelSchema | None,
     limits: WireLimits = WireLimits(),
     kind_schemas: Mapping[str, ModelSchema] | None = None,
+    cache: TableCache | None = None,
 ) -> Message:
     """Decode and validate a message.
 
@@ -177,6 +178,7 @@ def decode(
         limits: size bounds.
         kind_schemas: schemas by kind that replace ``schema`` for those kinds (the masked
             kinds of secure aggregation carry one flat uint64 tensor, not the model).
+        cache: remembers tensor tables that passed validation (a receiver's own).
 
     Raises:
         WireError: the message is malformed, too large, from another protocol version,
@@ -222,23 +224,20 @@ def decode(
         raise WireError(
             "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"
         )
+    parsed = cache.lookup(table, schema) if cache is not None else None
+    if parsed is None:
+        parsed = _parse_table(table, schema)
+        if cache is not None:
+            cache.store(table, schema, parsed)
     tensors: dict[str, np.ndarray] = {}
-    for entry, payload in zip(table, frames[1:], strict=True):
-        name, spec, nbytes = _tensor_entry(entry)
-        if name in tensors:
-            raise WireError("bad_header", f"tensor {name!r} listed twice")
-        if nbytes != spec.nbytes or len(payload) != nbytes:
+    for (name, spec), payload in zip(parsed, frames[1:], strict=True):
+        if len(payload) != spec.nbytes:
             raise WireError(
                 "size_mismatch",
                 f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, "
-                f"header says {nbytes}, frame has {len(payload)}",
+                f"frame has {len(payload)}",
             )
         tensors[name] = np.frombuffer(payload, dtype=WIRE_DTYPES[spec.dtype]).reshape(spec.shape)
-        if schema is not None:
-            _check_against_schema(name, spec, schema)
-    if schema is not None and len(tensors) != len(schema):
-        missing = sorted(set(schema) - set(tensors))
-        raise WireError("schema_names", f"missing tensors {missing[:5]}")
     for name, array in tensors.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise WireError("non_finite", f"tensor {name!r} holds NaN or Inf")
@@ -246,6 +245,52 @@ def decode(
         kind=kind, sender=sender, round=round_, samples=samples,
         tensors=tensors, meta=meta, nbytes=total,
     )
+
+
+class TableCache:
+    """The last few tensor tables that passed validation against a schema.
+
+    A peer sends the same table (names, dtypes, shapes) every round, so comparing the
+    decoded table with a validated one (one C-level list comparison) replaces checking
+    every entry again. Sizes of the actual frames are still checked on every message.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: list[tuple[list[Any], int, list[tuple[str, TensorSpec]]]] = []
+
+    def lookup(self, table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec]] | None:
+        for known, schema_id, parsed in self._entries:
+            if schema_id == id(schema) and known == table:
+                return parsed
+        return None
+
+    def store(self, table: list[Any], schema: ModelSchema | None, parsed: list[tuple[str, TensorSpec]]) -> None:
+        self._entries.insert(0, (table, id(schema), parsed))
+        del self._entries[self._size :]
+
+
+def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec]]:
+    """Validate every tensor entry (and the set of names, against ``schema`` if given)."""
+    parsed: list[tuple[str, TensorSpec]] = []
+    names: set[str] = set()
+    for entry in table:
+        name, spec, nbytes = _tensor_entry(entry)
+        if name in names:
+            raise WireError("bad_header", f"tensor {name!r} listed twice")
+        names.add(name)
+        if nbytes != spec.nbytes:
+            raise WireError(
+                "size_mismatch",
+                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, header says {nbytes}",
+            )
+        if schema is not None:
+            _check_against_schema(name, spec, schema)
+        parsed.append((name, spec))
+    if schema is not None and len(parsed) != len(schema):
+        missing = sorted(set(schema) - names)
+        raise WireError("schema_names", f"missing tensors {missing[:5]}")
+    return parsed
 
 
 def _wire_dtype_name(name: str, dtype: np.dtype[Any]) -> str:

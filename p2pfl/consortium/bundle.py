@@ -160,6 +160,7 @@ def node_document(description: Description, index: int) -> dict[str, Any]:
         "start": training.start,
         "state_dir": STATE_DIR,
         "discovery": training.discovery,
+        "secure_aggregation": training.secure_aggregation,
     }
 
 

@@ -50,6 +50,7 @@ class TrainingSettings:
     learner: str = ""  # module:function each organisation's node calls to build its learner
     learner_args: dict[str, Any] = field(default_factory=dict)  # keyword args; init adds index
     discovery: str = ""  # optional mqtt://host:port for live membership
+    secure_aggregation: bool = False  # masked models: a member learns only its neighbours' weighted sum
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

@@ -48,3 +48,31 @@ async def test_five_curve_processes_reach_the_simulators_accuracy(tmp_path):
     # the merged metrics are what `p2pfl report` reads
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5 * ROUNDS
+
+
+async def test_secure_aggregation_across_processes_matches_the_simulator(tmp_path):
+    description = tmp_path / "consortium.toml"
+    members = MEMBERS[:4]
+    description.write_text(
+        'name = "secure"\ntopology = "complete"\nseed = 0\n[training]\nrounds = 3\n'
+        "round_timeout = 60.0\nsecure_aggregation = true\n"
+        'learner = "p2pfl.examples.bundled:build_learner"\n'
+        'learner_args = { dataset = "digits", partition = "iid", nodes = 4 }\n'
+        + "\n".join(f'[[members]]\nname = "{n}"\nhost = "x"\nport = {7000 + i}\n' for i, n in enumerate(members))
+    )
+    result = rehearse(description, tmp_path / "run", timeout=300)
+    assert result.returncodes == dict.fromkeys(members, 0)
+    simulated = await simulate(
+        ExperimentConfig(nodes=4, topology="complete", partition="iid", rounds=3)
+    )
+    expected = {members[int(r["node"])]: r["test_accuracy"] for r in simulated.rows if r["round"] == 2}
+    for name in members:
+        # masked sums in fixed point: the same models up to 2^-32 per weight
+        assert abs(result.summary["accuracy_by_member"][name] - expected[name]) <= 0.01, name
+    for name in members:
+        rows = [json.loads(line) for line in
+                (tmp_path / "run" / "bundles" / name / "state" / "metrics.jsonl").read_text().splitlines()]
+        assert all(len(row["received_from"]) == 3 for row in rows)
+        # masked models travel as 64-bit integers: twice the float32 model per neighbour
+        model_bytes = 4 * (64 * 128 + 128 + 128 * 10 + 10)
+        assert all(row["bytes_sent"] >= 3 * 2 * model_bytes for row in rows)

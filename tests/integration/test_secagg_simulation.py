@@ -114,3 +114,16 @@ async def test_a_late_model_from_a_dropped_neighbour_is_refused():
             sock.close(linger=0)
     finally:
         context.term()
+
+
+async def test_secure_aggregation_composes_with_update_level_dp():
+    from p2pfl import ExperimentConfig, simulate
+
+    base = dict(nodes=8, topology="random-regular:4", rounds=3, dp="update", noise=0.5, clip=1.0, seed=2)
+    plain = await simulate(ExperimentConfig(**base))
+    secure = await simulate(ExperimentConfig(**base, secure_aggregation=True))
+    # the sum of privatised models is the same, only computed under masks
+    for name, weights in plain.final_weights.items():
+        for key, value in weights.items():
+            np.testing.assert_allclose(secure.final_weights[name][key], value, atol=1e-5)
+    assert secure.summary["epsilon_max"] == plain.summary["epsilon_max"]
