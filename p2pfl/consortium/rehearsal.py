@@ -141,7 +141,7 @@ def _localise(description: Path, target: Path, torch_threads: int) -> Path:
     """A copy of the description with every member on 127.0.0.1 and a free port."""
     values = read_toml(description, "description")
     members = values.get("members", [])
-    ports = _free_ports(len(members))
+    ports = free_loopback_ports(len(members))
     for member, port in zip(members, ports, strict=True):
         member["host"] = "127.0.0.1"
         member["port"] = port
@@ -156,7 +156,8 @@ def _localise(description: Path, target: Path, torch_threads: int) -> Path:
     return target
 
 
-def _free_ports(count: int) -> list[int]:
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:

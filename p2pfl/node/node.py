@@ -23,7 +23,7 @@ from p2pfl.node.catchup import CatchUp, average
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
-from p2pfl.topology.schedule import GossipSchedule
+from p2pfl.topology.schedule import GossipSchedule, RoundPlan
 from p2pfl.transport import Incoming, ZmqTransport
 
 if TYPE_CHECKING:
@@ -409,16 +409,7 @@ class Node:
         )
         sent = self._send_to(plan.send_to, frames)
         self._sent = (round_, frames)
-        received = await self._inbox.collect(
-            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
-        )
-        missing = tuple(p for p in plan.expect_from if p not in received)
-        for peer in missing:
-            if self.peers.suspect(peer):
-                log.warning(
-                    "node %s round %d: no model from %s; averaging without it and not waiting "
-                    "for it again until it is heard from", self.name, round_, peer,
-                )
+        received, missing = await self._collect(round_, plan, "averaging")
         return _Exchange(
             round=round_,
             own=step.weights,
@@ -429,6 +420,22 @@ class Node:
             missing=missing,
             seconds=time.perf_counter() - started,
         )
+
+    async def _collect(
+        self, round_: int, plan: RoundPlan, going_on: str
+    ) -> tuple[dict[str, wire.Message], tuple[str, ...]]:
+        """Wait for the round's models; a neighbour that misses the deadline is suspected."""
+        received = await self._inbox.collect(
+            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
+        )
+        missing = tuple(p for p in plan.expect_from if p not in received)
+        for peer in missing:
+            if self.peers.suspect(peer):
+                log.warning(
+                    "node %s round %d: no model from %s; %s without it and not waiting for it "
+                    "again until it is heard from", self.name, round_, peer, going_on,
+                )
+        return received, missing
 
     async def _secure_exchange(self, round_: int, step: _WorkerStep, secure: SecureAggregation) -> _Exchange:
         """``_exchange`` with secure aggregation: one masked, weighted model per receiver;
@@ -445,16 +452,7 @@ class Node:
                 samples=step.trained.samples, tensors={"masked": payload},
             )
             sent += self._send_to((receiver,), frames)
-        received = await self._inbox.collect(
-            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
-        )
-        missing = tuple(p for p in plan.expect_from if p not in received)
-        for peer in missing:
-            if self.peers.suspect(peer):
-                log.warning(
-                    "node %s round %d: no model from %s; unmasking the sum without it and not "
-                    "waiting for it again until it is heard from", self.name, round_, peer,
-                )
+        received, missing = await self._collect(round_, plan, "unmasking the sum")
         masked = {peer: msg.tensors["masked"] for peer, msg in received.items()}
         dropped = set(missing)
         reveals: dict[str, Any] = {}

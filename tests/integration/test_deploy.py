@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,24 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from p2pfl.consortium.rehearsal import free_loopback_ports
 from p2pfl.learning.models import MLP
 
 TIMEOUT = 120
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def write_ring_configs(tmp_path: Path, n: int, rounds: int, round_timeout: float = 20.0) -> list[Path]:
-    ports = free_ports(n)
+    ports = free_loopback_ports(n)
     paths = []
     for i in range(n):
         peers = {str(j): f"tcp://127.0.0.1:{ports[j]}" for j in ((i - 1) % n, (i + 1) % n)}
