@@ -47,7 +47,7 @@ class Mosquitto:
             if time.monotonic() > deadline:
                 self.stop()
                 pytest.fail(f"mosquitto did not listen on {self.port} within {BROKER_START_SECONDS:g} s", pytrace=False)
-            time.sleep(0.05)
+            time.sleep(0.05)  # ok-sleep: polling an external process for its port, bounded by a deadline
 
     def stop(self) -> None:
         """Kill it (no clean shutdown: clients see the connection drop)."""
