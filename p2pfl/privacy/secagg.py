@@ -137,7 +137,7 @@ def prg(seed: bytes, round_: int, receiver: str, count: int, out: np.ndarray | N
     if out is None:
         out = np.empty(count + 2, dtype=np.uint64)
     zeros = _zeros(8 * count)
-    written = encryptor.update_into(zeros, memoryview(out.view(np.uint8)))  # needs 15 spare bytes
+    written = encryptor.update_into(zeros, memoryview(out.view(np.uint8)))  # type: ignore[arg-type]  # needs 15 spare bytes
     assert written == 8 * count
     mask = out[:count]
     return mask if np.little_endian else mask.byteswap()  # the keystream is little-endian uint64
