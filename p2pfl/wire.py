@@ -166,7 +166,6 @@ def decode(
     schema: ModelSchema | None,
     limits: WireLimits = WireLimits(),
     kind_schemas: Mapping[str, ModelSchema] | None = None,
-    cache: TableCache | None = None,
 ) -> Message:
     """Decode and validate a message.
 
@@ -178,7 +177,6 @@ def decode(
         limits: size bounds.
         kind_schemas: schemas by kind that replace ``schema`` for those kinds (the masked
             kinds of secure aggregation carry one flat uint64 tensor, not the model).
-        cache: remembers tensor tables that passed validation (a receiver's own).
 
     Raises:
         WireError: the message is malformed, too large, from another protocol version,
@@ -224,11 +222,7 @@ def decode(
         raise WireError(
             "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"
         )
-    parsed = cache.lookup(table, schema) if cache is not None else None
-    if parsed is None:
-        parsed = _parse_table(table, schema)
-        if cache is not None:
-            cache.store(table, schema, parsed)
+    parsed = _parse_table(table, schema)
     tensors: dict[str, np.ndarray] = {}
     for (name, spec), payload in zip(parsed, frames[1:], strict=True):
         if len(payload) != spec.nbytes:
@@ -245,29 +239,6 @@ def decode(
         kind=kind, sender=sender, round=round_, samples=samples,
         tensors=tensors, meta=meta, nbytes=total,
     )
-
-
-class TableCache:
-    """The last few tensor tables that passed validation against a schema.
-
-    A peer sends the same table (names, dtypes, shapes) every round, so comparing the
-    decoded table with a validated one (one C-level list comparison) replaces checking
-    every entry again. Sizes of the actual frames are still checked on every message.
-    """
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._entries: list[tuple[list[Any], int, list[tuple[str, TensorSpec]]]] = []
-
-    def lookup(self, table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec]] | None:
-        for known, schema_id, parsed in self._entries:
-            if schema_id == id(schema) and known == table:
-                return parsed
-        return None
-
-    def store(self, table: list[Any], schema: ModelSchema | None, parsed: list[tuple[str, TensorSpec]]) -> None:
-        self._entries.insert(0, (table, id(schema), parsed))
-        del self._entries[self._size :]
 
 
 def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec]]:

@@ -199,7 +199,6 @@ class Node:
         weights = learner.get_weights()
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(weights)
         self._limits = _limits_for(weights, config)
-        self._tables = wire.TableCache()
         self.secure = secure
         self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
         if secure is not None:
@@ -641,8 +640,7 @@ class Node:
             if member is None:
                 raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
         message = wire.decode(
-            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._kind_schemas,
-            cache=self._tables,
+            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._kind_schemas
         )
         if member is not None and message.sender != member:
             raise WireError(
