@@ -7,14 +7,12 @@ a local simulation; only who builds it differs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
@@ -23,6 +21,7 @@ from p2pfl.node.catchup import CatchUp, average
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
+from p2pfl.node.records import NodeConfig, NodeStats, RoundMetrics, RoundObserver, limits_for
 from p2pfl.topology.schedule import GossipSchedule, RoundPlan
 from p2pfl.transport import Incoming, ZmqTransport
 
@@ -33,56 +32,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """How one node runs its rounds.
-
-    Attributes:
-        name: this node's name; peers know it by this and it is the header's sender.
-        rounds: rounds to run (the node stops after round ``rounds - 1``).
-        round_timeout: seconds to wait for neighbours' models after sending one's own;
-            whoever has not arrived by then is left out of this round's average.
-        max_rounds_ahead: messages for rounds further ahead than this are rejected.
-        start_round: first round to run (a resumed node starts after its checkpoint).
-        limits: size bounds for incoming messages.
-    """
-
-    name: str
-    rounds: int
-    round_timeout: float = 30.0
-    max_rounds_ahead: int = 4
-    start_round: int = 0
-    limits: wire.WireLimits = wire.WireLimits()
-
-
-@dataclass(frozen=True)
-class RoundMetrics:
-    """What a node measured in one round."""
-
-    node: str
-    round: int
-    train_loss: float
-    test_loss: float
-    test_accuracy: float
-    bytes_sent: int
-    bytes_received: int
-    round_seconds: float
-    received_from: tuple[str, ...]
-    missing: tuple[str, ...]
-    epsilon: float | None = None  # DP learners: privacy spent through this round; else None
-
-
-@dataclass
-class NodeStats:
-    """Running counters of a node; ``rejected`` counts refused messages by reason."""
-
-    rejected: Counter[str] = field(default_factory=Counter)
-    messages_accepted: int = 0
-    bytes_sent: int = 0  # model traffic of the rounds
-    bytes_received: int = 0
-    control_bytes_sent: int = 0  # greetings, goodbyes, catch-up
-    sends_dropped: int = 0
+# the value types live in records.py; users import them from here (or from p2pfl)
+__all__ = ["Node", "NodeConfig", "NodeStats", "RoundMetrics", "RoundObserver"]
 
 
 @dataclass(frozen=True)
@@ -109,31 +60,6 @@ class _Exchange:
     missing: tuple[str, ...]
     seconds: float
     secure_sum: SecureSum | None = None  # secure aggregation: the unmasked sum of the present
-
-
-def _limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimits:
-    """Size limits fitted to the local model: a peer's messages mirror our own.
-
-    A header decodes into many times its size in Python objects, so a generic 1 MiB
-    bound would let a few messages pin hundreds of MB; our own header's size (names,
-    shapes) with ample room for extensions bounds it honestly.
-    """
-    own = wire.encode(kind="model", sender="x" * 64, round=2**31, samples=2**31, tensors=weights)
-    header, payload = len(own[0]), sum(len(frame) for frame in own[1:])
-    limits = config.limits
-    return dataclasses.replace(
-        limits,
-        max_header_bytes=min(limits.max_header_bytes, 4 * header + 16 * 1024),
-        # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
-        max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
-        max_tensors=min(limits.max_tensors, len(weights) + 64),
-    )
-
-
-class RoundObserver(Protocol):
-    """Told about every finished round (a simulation records metrics through it)."""
-
-    def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None: ...
 
 
 class Node:
@@ -198,7 +124,7 @@ class Node:
         self._sent: tuple[int, list[bytes | memoryview]] | None = None  # this round's model frames
         weights = learner.get_weights()
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(weights)
-        self._limits = _limits_for(weights, config)
+        self._limits = limits_for(weights, config)
         self.secure = secure
         self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
         if secure is not None:

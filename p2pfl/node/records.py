@@ -1,0 +1,88 @@
+"""The node's value types: its config, per-round metrics, counters, observer seam."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from p2pfl import wire
+from p2pfl.learning.learner import Weights
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How one node runs its rounds.
+
+    Attributes:
+        name: this node's name; peers know it by this and it is the header's sender.
+        rounds: rounds to run (the node stops after round ``rounds - 1``).
+        round_timeout: seconds to wait for neighbours' models after sending one's own;
+            whoever has not arrived by then is left out of this round's average.
+        max_rounds_ahead: messages for rounds further ahead than this are rejected.
+        start_round: first round to run (a resumed node starts after its checkpoint).
+        limits: size bounds for incoming messages.
+    """
+
+    name: str
+    rounds: int
+    round_timeout: float = 30.0
+    max_rounds_ahead: int = 4
+    start_round: int = 0
+    limits: wire.WireLimits = wire.WireLimits()
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What a node measured in one round."""
+
+    node: str
+    round: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    bytes_sent: int
+    bytes_received: int
+    round_seconds: float
+    received_from: tuple[str, ...]
+    missing: tuple[str, ...]
+    epsilon: float | None = None  # DP learners: privacy spent through this round; else None
+
+
+@dataclass
+class NodeStats:
+    """Running counters of a node; ``rejected`` counts refused messages by reason."""
+
+    rejected: Counter[str] = field(default_factory=Counter)
+    messages_accepted: int = 0
+    bytes_sent: int = 0  # model traffic of the rounds
+    bytes_received: int = 0
+    control_bytes_sent: int = 0  # greetings, goodbyes, catch-up
+    sends_dropped: int = 0
+
+
+def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimits:
+    """Size limits fitted to the local model: a peer's messages mirror our own.
+
+    A header decodes into many times its size in Python objects, so a generic 1 MiB
+    bound would let a few messages pin hundreds of MB; our own header's size (names,
+    shapes) with ample room for extensions bounds it honestly.
+    """
+    own = wire.encode(kind="model", sender="x" * 64, round=2**31, samples=2**31, tensors=weights)
+    header, payload = len(own[0]), sum(len(frame) for frame in own[1:])
+    limits = config.limits
+    return dataclasses.replace(
+        limits,
+        max_header_bytes=min(limits.max_header_bytes, 4 * header + 16 * 1024),
+        # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
+        max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
+        max_tensors=min(limits.max_tensors, len(weights) + 64),
+    )
+
+
+class RoundObserver(Protocol):
+    """Told about every finished round (a simulation records metrics through it)."""
+
+    def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None: ...
