@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from p2pfl.simulation.churn import check_outages, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
 from p2pfl.simulation.setup import Experiment, build_experiment, torch_threads
+from p2pfl.simulation.worker import PhasedWorker
 from p2pfl.topology import spectral_gap
 from p2pfl.transport import ZmqTransport
 
@@ -78,8 +78,8 @@ async def simulate(
     started = time.perf_counter()
     context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
-    # thread keeps those turns free of contention.
-    executor = ThreadPoolExecutor(1, thread_name_prefix="p2pfl-train")
+    # thread keeps those turns free of contention (see PhasedWorker for the hand-back).
+    executor = PhasedWorker()
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
             security_for, authenticator = _link_security(config.curve, experiment.names, context)
