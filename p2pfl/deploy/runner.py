@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from p2pfl.errors import ConfigError, NodeError
 from p2pfl.learning.learner import Learner, TorchLearner, Weights
 from p2pfl.node.node import Node, NodeConfig, RoundMetrics
 from p2pfl.node.peers import StartCondition
+from p2pfl.node.records import json_line, metrics_row
 from p2pfl.topology import RoundPlan, StaticSchedule, build_topology
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import ZmqTransport
@@ -158,12 +158,8 @@ class RoundRecorder:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def __call__(self, metrics: RoundMetrics) -> None:
-        row = dict(vars(metrics))
-        row["received_from"] = list(metrics.received_from)
-        row["missing"] = list(metrics.missing)
-        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json_line(metrics_row(metrics)))
         save_checkpoint(self.state_dir, self.name, metrics.round, self.learner)
         log.info(
             "round %d done: accuracy %.4f, loss %.4f, from %s%s", metrics.round, metrics.test_accuracy,
@@ -211,7 +207,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
     context = zmq.Context()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            security, allowlist = await _link_security(config, base, membership, context, stack)
+            security, allowlist, keypair = await _link_security(config, base, membership, context, stack)
             progress = ProgressQueue()
             presence = await _presence(config, membership, security, allowlist, stack)
             node = Node(
@@ -225,7 +221,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 observer=progress if presence else None,
                 presence=presence,
                 checkpoint=recorder,
-                secure=_secure_aggregation(config, base, membership, allowlist, start_round),
+                secure=_secure_aggregation(config, membership, allowlist, keypair, start_round),
             )
             await stack.enter_async_context(node)
             log.info("node %s listening on %s (%s)", config.name, node.endpoint,
@@ -268,22 +264,20 @@ def _apply_membership(node: Node, config: OrgNodeConfig, base: Path, changed: se
 
 
 def _secure_aggregation(
-    config: OrgNodeConfig, base: Path, membership: Membership, allowlist: Any, start_round: int
+    config: OrgNodeConfig, membership: Membership, allowlist: Any, keypair: Any, start_round: int
 ) -> Any:
     """Secure aggregation keyed by this member's Curve key (an X25519 key) and the
     consortium allow-list's public keys, or None when off."""
     if not config.secure_aggregation:
         return None
     from p2pfl.privacy.secagg import SecAggKeys, SecureAggregation, check_neighbourhood
-    from p2pfl.security import read_secret_key
 
-    if allowlist is None:
+    if allowlist is None or keypair is None:
         raise ConfigError("secure_aggregation", "needs the consortium's public keys and this node's key pair")
     try:
         check_neighbourhood(membership.schedule.plan(config.name, start_round))
     except NodeError as exc:
         raise ConfigError("secure_aggregation", str(exc)) from None
-    keypair = read_secret_key(resolve(base, config.secret_key))
     log.info("node %s: secure aggregation on (neighbours see only weighted sums of models)", config.name)
     return SecureAggregation(SecAggKeys.from_curve(config.name, keypair.secret, allowlist.key_for))
 
@@ -291,13 +285,14 @@ def _secure_aggregation(
 async def _link_security(
     config: OrgNodeConfig, base: Path, membership: Membership, context: zmq.Context,
     stack: contextlib.AsyncExitStack,
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Any]:
+    """CurveSecurity, allow-list and this node's key pair (all None with --insecure)."""
     if config.insecure:
         log.warning(
             "node %s runs with --insecure: links are NOT encrypted or authenticated; "
             "anyone who can reach %s can send models", config.name, config.bind,
         )
-        return None, None
+        return None, None, None
     from p2pfl.security import AllowList, CurveSecurity, curve_authenticator, read_secret_key
 
     if membership.keys_loader is None:
@@ -310,7 +305,7 @@ async def _link_security(
             f"{config.name!r}: use this member's own key file"
         )
     await stack.enter_async_context(curve_authenticator(context, allowlist))
-    return CurveSecurity(keypair, allowlist), allowlist
+    return CurveSecurity(keypair, allowlist), allowlist, keypair
 
 
 async def _presence(

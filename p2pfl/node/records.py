@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +51,19 @@ class RoundMetrics:
     received_from: tuple[str, ...]
     missing: tuple[str, ...]
     epsilon: float | None = None  # DP learners: privacy spent through this round; else None
+
+
+def metrics_row(metrics: RoundMetrics) -> dict[str, Any]:
+    """One ``metrics.jsonl`` row (plain data: the peer tuples become lists)."""
+    row = dict(vars(metrics))  # a flat dataclass: cheaper than asdict's deep copy
+    row["received_from"] = list(metrics.received_from)
+    row["missing"] = list(metrics.missing)
+    return row
+
+
+def json_line(row: Mapping[str, Any]) -> str:
+    """A row as one JSON line; NaN/Inf become null, which every JSON reader accepts."""
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}) + "\n"
 
 
 @dataclass

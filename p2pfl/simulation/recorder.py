@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import IO, Any
 import numpy as np
 
 from p2pfl.learning.learner import Weights
-from p2pfl.node.node import RoundMetrics
+from p2pfl.node.records import RoundMetrics, json_line, metrics_row
 
 
 @dataclass(frozen=True)
@@ -144,19 +143,12 @@ class MetricsRecorder:
 
     @staticmethod
     def _row(metrics: RoundMetrics, distance: float) -> dict[str, Any]:
-        row = dict(vars(metrics))  # flat dataclass: cheaper than asdict's deep copy
-        row["received_from"] = list(metrics.received_from)
-        row["missing"] = list(metrics.missing)
+        row = metrics_row(metrics)
         row["consensus_distance"] = distance
         return row
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
         if self._file is not None:
-            self._file.writelines(json.dumps(_finite(row)) + "\n" for row in rows)
+            self._file.writelines(json_line(row) for row in rows)
             self._file.flush()
-
-
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    # JSON has no NaN: write null so every JSON reader accepts the file
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

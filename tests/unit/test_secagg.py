@@ -202,7 +202,7 @@ def test_node_refuses_a_robust_aggregator_with_secure_aggregation():
 def test_a_deployed_node_keys_its_masks_with_its_curve_key_and_the_allow_list(tmp_path):
     from p2pfl.deploy.config import OrgNodeConfig
     from p2pfl.deploy.runner import Membership, _secure_aggregation
-    from p2pfl.security import AllowList, write_keypair
+    from p2pfl.security import AllowList, read_secret_key, write_keypair
     from p2pfl.topology import StaticSchedule, build_topology
 
     names = ["0", "1", "2", "3"]
@@ -217,7 +217,8 @@ def test_a_deployed_node_keys_its_masks_with_its_curve_key_and_the_allow_list(tm
             learner="m:f", secret_key=f"{name}.key_secret", secure_aggregation=True,
         )
         membership = Membership(StaticSchedule(build_topology(topology, 4)), {}, None, None, "c")
-        return _secure_aggregation(config, tmp_path, membership, allowlist, 0)
+        keypair = read_secret_key(tmp_path / config.secret_key)  # as _link_security reads it
+        return _secure_aggregation(config, membership, allowlist, keypair, 0)
 
     a, b = secure_for("0"), secure_for("1")
     assert a.keys.seed("1") == b.keys.seed("0")
