@@ -52,6 +52,10 @@ WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
     )
 }
 
+#: wire name by (little-endian or native) numpy dtype: ``dtype.name`` is a slow property
+_NAME_OF_DTYPE: Mapping[np.dtype[Any], str] = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+_ITEMSIZE: Mapping[str, int] = {name: dtype.itemsize for name, dtype in WIRE_DTYPES.items()}
+
 _MAX_NAME_CHARS = 256
 _MAX_DIMS = 8
 _MAX_ROUND = 2**40
@@ -184,7 +188,7 @@ def decode(
     """
     if not frames:
         raise WireError("empty", "message has no frames")
-    total = sum(len(f) for f in frames)
+    total = sum(map(len, frames))
     if total > limits.max_message_bytes:
         raise WireError("too_large", f"{total} bytes > limit {limits.max_message_bytes}")
     header_bytes = frames[0]
@@ -224,11 +228,11 @@ def decode(
         )
     parsed = _parse_table(table, schema)
     tensors: dict[str, np.ndarray] = {}
-    for (name, spec), payload in zip(parsed, frames[1:], strict=True):
-        if len(payload) != spec.nbytes:
+    for (name, spec, nbytes), payload in zip(parsed, frames[1:], strict=True):
+        if len(payload) != nbytes:
             raise WireError(
                 "size_mismatch",
-                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, "
+                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {nbytes} bytes, "
                 f"frame has {len(payload)}",
             )
         tensors[name] = np.frombuffer(payload, dtype=WIRE_DTYPES[spec.dtype]).reshape(spec.shape)
@@ -241,23 +245,24 @@ def decode(
     )
 
 
-def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec]]:
-    """Validate every tensor entry (and the set of names, against ``schema`` if given)."""
-    parsed: list[tuple[str, TensorSpec]] = []
+def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec, int]]:
+    """Validate every tensor entry (and the set of names, against ``schema`` if given);
+    returns name, spec and byte size of each."""
+    parsed: list[tuple[str, TensorSpec, int]] = []
     names: set[str] = set()
     for entry in table:
-        name, spec, nbytes = _tensor_entry(entry)
+        name, spec, nbytes, actual = _tensor_entry(entry)
         if name in names:
             raise WireError("bad_header", f"tensor {name!r} listed twice")
         names.add(name)
-        if nbytes != spec.nbytes:
+        if nbytes != actual:
             raise WireError(
                 "size_mismatch",
                 f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, header says {nbytes}",
             )
         if schema is not None:
             _check_against_schema(name, spec, schema)
-        parsed.append((name, spec))
+        parsed.append((name, spec, nbytes))
     if schema is not None and len(parsed) != len(schema):
         missing = sorted(set(schema) - names)
         raise WireError("schema_names", f"missing tensors {missing[:5]}")
@@ -265,7 +270,10 @@ def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str
 
 
 def _wire_dtype_name(name: str, dtype: np.dtype[Any]) -> str:
-    wire_name = dtype.name
+    fast = _NAME_OF_DTYPE.get(dtype)
+    if fast is not None:
+        return fast
+    wire_name = dtype.name  # e.g. a big-endian float32: carried, converted by encode
     if wire_name not in WIRE_DTYPES:
         raise WireError("dtype", f"tensor {name!r} has dtype {dtype}, wire carries {sorted(WIRE_DTYPES)}")
     return wire_name
@@ -294,6 +302,9 @@ def _unpack_header(data: memoryview | bytes, *, max_objects: int) -> dict[str, A
         # limits below say so; ext types are refused outright, and the hooks count what
         # is built as it is built.
         size = len(data)
+        # Every msgpack object takes at least one byte: a header no longer than the
+        # budget cannot exceed it, and needs no counting (the usual case, and cheaper).
+        hooks = {} if size <= max_objects else {"list_hook": count, "object_hook": count}
         header = msgpack.unpackb(
             data,
             raw=False,
@@ -304,8 +315,7 @@ def _unpack_header(data: memoryview | bytes, *, max_objects: int) -> dict[str, A
             max_map_len=size // 2,
             max_ext_len=0,
             ext_hook=_refuse_ext,
-            list_hook=count,
-            object_hook=count,
+            **hooks,
         )
     except WireError:
         raise
@@ -328,25 +338,35 @@ def _field(header: Mapping[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-def _tensor_entry(entry: Any) -> tuple[str, TensorSpec, int]:
-    if not isinstance(entry, list) or len(entry) != 4:
+def _tensor_entry(entry: Any) -> tuple[str, TensorSpec, int, int]:
+    """Validate one table entry; returns name, spec, declared and actual byte sizes.
+
+    Exact type checks (``type(x) is int``): msgpack yields plain ints, and a bool or a
+    float where a size belongs is malformed.
+    """
+    if type(entry) is not list or len(entry) != 4:
         raise WireError("bad_header", "tensor entry must be [name, dtype, shape, nbytes]")
     name, dtype, shape, nbytes = entry
-    if not isinstance(name, str) or not name or len(name) > _MAX_NAME_CHARS:
+    if type(name) is not str or not name or len(name) > _MAX_NAME_CHARS:
         raise WireError("bad_header", "tensor name must be a non-empty string of at most 256 chars")
-    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+    itemsize = _ITEMSIZE.get(dtype) if type(dtype) is str else None
+    if itemsize is None:
         raise WireError("dtype", f"tensor {name!r}: dtype {dtype!r} not in {sorted(WIRE_DTYPES)}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
-        # an empty tensor may not hide absurd sizes behind its zero (numpy refuses them)
-        or math.prod(d for d in shape if d) >= 2**40
-    ):
+    bad_shape = type(shape) is not list or len(shape) > _MAX_DIMS
+    size = nonzero = 1
+    if not bad_shape:
+        for d in shape:
+            if type(d) is not int or not 0 <= d < 2**31:
+                bad_shape = True
+                break
+            size *= d
+            nonzero *= d or 1
+    # an empty tensor may not hide absurd sizes behind its zero (numpy refuses them)
+    if bad_shape or nonzero >= 2**40:
         raise WireError("bad_header", f"tensor {name!r}: shape must be a list of at most 8 sizes")
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+    if type(nbytes) is not int or nbytes < 0:
         raise WireError("bad_header", f"tensor {name!r}: nbytes must be a non-negative int")
-    return name, TensorSpec(dtype=dtype, shape=tuple(shape)), nbytes
+    return name, TensorSpec(dtype=dtype, shape=tuple(shape)), nbytes, size * itemsize
 
 
 def _check_against_schema(name: str, spec: TensorSpec, schema: ModelSchema) -> None:

@@ -32,6 +32,15 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "seed": (int, "seed: fixes the whole run"),
     "transport": (str, f"one of {', '.join(TRANSPORTS)}"),
     "round_timeout": (float, "seconds a node waits for its neighbours each round"),
+    "mode": (str, "sync (rounds with a barrier, default) or async (no barrier: merge what "
+             "arrived, weighted by staleness)"),
+    "staleness": (float, "async: a model s clock ticks older than the grace counts "
+                  "(1+s)^-STALENESS of its mixing weight (0.5; 0 = no discount)"),
+    "staleness_grace": (int, "async: clock ticks of lag that are not discounted (5)"),
+    "slow_nodes": (int, "number of slow nodes (chosen with the seed)"),
+    "slowdown": (float, "how many times slower the slow nodes' steps are"),
+    "step_seconds": (float, "emulated step time of a normal node, so nodes behave as if on their "
+                     "own hardware (0 = as fast as this machine runs them)"),
     "test_fraction": (float, "held-out share of the dataset"),
     "device": (str, "torch device: cpu, cuda, ..."),
     "aggregator": (str, "mean (default), median, trimmed-mean:B, krum:F, multi-krum:F,M, "

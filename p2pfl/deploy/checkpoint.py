@@ -2,6 +2,13 @@
 
 Only files this node wrote itself are ever read back here (``torch.load`` with
 ``weights_only=True``); nothing that came from the network is loaded this way.
+
+A save writes a temporary file next to its target and renames it over the target
+once complete, so a process killed mid-write leaves the previous file intact, plus
+the partial temporary file. The writer holds an exclusive lock on its temporary file
+until the rename (where ``fcntl`` exists); the kernel drops the locks of a killed
+process, so a temporary file nobody holds locked is garbage, and
+:func:`load_checkpoint` (which a node calls when it starts) removes such files.
 """
 
 from __future__ import annotations
@@ -14,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; an open file cannot be deleted there anyway
+    fcntl = None  # type: ignore[assignment]
 
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Learner
@@ -57,7 +69,17 @@ def save_checkpoint(directory: Path, node: str, round_: int, learner: Learner) -
 
 
 def load_checkpoint(directory: Path, node: str) -> Checkpoint | None:
-    """The node's last checkpoint, or None if it has none yet."""
+    """The node's last checkpoint, or None if it has none yet.
+
+    Also removes the temporary files of saves that were killed midway
+    (:func:`remove_stale_temp_files`): a node calls this when it starts.
+    """
+    removed = remove_stale_temp_files(directory)
+    if removed:
+        log.warning(
+            "removed %d temporary file(s) left in %s by a save that was interrupted: %s",
+            len(removed), directory, ", ".join(p.name for p in removed),
+        )
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         return None
@@ -87,16 +109,79 @@ def save_final_model(directory: Path, learner: Learner) -> Path:
     return path
 
 
+def temp_file_prefixes() -> tuple[str, ...]:
+    """Name prefixes of the temporary files :func:`atomic_torch_save` writes here."""
+    return tuple(f".{name}." for name in (CHECKPOINT_FILE, FINAL_MODEL_FILE))
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary files that interrupted saves left in ``directory``.
+
+    A temporary file is stale when no process holds its lock: a file being written
+    right now (by another thread or process) is left alone. Without ``fcntl``
+    (Windows), a file still open for writing cannot be deleted and is skipped.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for prefix in temp_file_prefixes():
+        for path in sorted(directory.glob(f"{prefix}*")):
+            if _remove_if_unlocked(path):
+                removed.append(path)
+    return removed
+
+
+def _remove_if_unlocked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # gone already, or not ours to read
+        return False
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live writer holds it
+                return False
+        # unlinked while we hold the lock: a writer that locks it next sees it gone
+        path.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _locked_temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path``, locked for writing (where flock exists)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        # a cleaner took it for stale between its creation and our lock: take another
+        os.close(fd)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    The temporary file stays locked until it is renamed, so a concurrent
+    :func:`remove_stale_temp_files` never deletes it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _locked_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            if fcntl is not None:
+                os.replace(tmp, path)  # still locked: closing would release the lock first
+        if fcntl is None:
+            os.replace(tmp, path)  # Windows cannot rename a file that is open
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -9,6 +9,7 @@ from typing import Any
 from p2pfl.config import load_toml
 from p2pfl.errors import ConfigError
 from p2pfl.node.peers import StartCondition
+from p2pfl.node.records import check_mode
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class OrgNodeConfig:
     local_epochs: int = 1  # passes over the local data per round (TorchLearner)
     local_steps: int = 0  # >0: exactly this many steps per round instead
     round_timeout: float = 60.0  # seconds to wait for neighbours each round
+    mode: str = "sync"  # sync (round barrier) | async (no barrier; rounds bound the logical clock)
+    staleness: float = 0.5  # async: discount exponent for models older than the grace
+    staleness_grace: int = 5  # async: clock ticks of lag that are not discounted
     start: str = "all"  # all | none | min:N | at:ISO-8601
     state_dir: str = "state"  # checkpoints, metrics.jsonl and the final model
     discovery: str = ""  # optional mqtt://host:port for live membership
@@ -60,6 +64,9 @@ class OrgNodeConfig:
         if self.torch_threads < 0:
             raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         StartCondition.parse(self.start)  # raises ConfigError naming "start"
+        check_mode(self.mode, self.staleness, self.staleness_grace)
+        if self.mode == "async" and self.secure_aggregation:
+            raise ConfigError("secure_aggregation", "needs the round barrier: use mode = \"sync\"")
         if self.secure_aggregation and (self.insecure or not self.secret_key):
             raise ConfigError(
                 "secure_aggregation", "derives its pairwise masks from the Curve key pair: give secret_key, not --insecure"

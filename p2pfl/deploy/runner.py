@@ -213,7 +213,8 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
             node = Node(
                 NodeConfig(
                     name=config.name, rounds=config.rounds, round_timeout=config.round_timeout,
-                    start_round=start_round,
+                    start_round=start_round, mode=config.mode, staleness=config.staleness,
+                    staleness_grace=config.staleness_grace,
                 ),
                 learner,
                 membership.schedule,

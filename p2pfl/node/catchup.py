@@ -3,7 +3,9 @@
 After a restart (or a partition) a node may be several rounds behind its neighbours,
 who stopped waiting for it. Training on from its old model would drag them back, so it
 asks the neighbours that are ahead for their latest averaged weights ("sync-request"),
-averages the replies ("sync") uniformly, and joins them at their round.
+averages the replies ("sync") uniformly, and joins them at their round. A replier
+whose model of that round already went out resends it right after its reply; it is
+kept here, since the node's inbox still refuses rounds that far ahead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class CatchUp:
         self._replies: dict[str, Message] = {}
         self._wanted: set[str] = set()
         self._arrived = asyncio.Event()
+        self._models: dict[str, Message] = {}  # repliers' models of the round they are in
 
     def offer(self, message: Message) -> None:
         """A "sync" message arrived (ignored unless this node asked that peer)."""
@@ -31,10 +34,25 @@ class CatchUp:
             self._replies[message.sender] = message
             self._arrived.set()
 
+    def keep_model(self, message: Message) -> bool:
+        """Keep a model of the round its sender's sync reply named; False if it is none."""
+        reply = self._replies.get(message.sender)
+        if reply is None or reply.round != message.round or message.sender in self._models:
+            return False
+        self._models[message.sender] = message
+        return True
+
+    def kept_models(self, round_: int) -> list[Message]:
+        """The kept models of ``round_`` (the round joined), forgetting all kept ones."""
+        models = [m for m in self._models.values() if m.round == round_]
+        self._models = {}
+        return models
+
     async def gather(self, peers: Iterable[str], timeout: float) -> dict[str, Message]:
         """Wait for the replies of ``peers`` (all, or whoever answered by ``timeout``)."""
         self._wanted = set(peers)
         self._replies = {}
+        self._models = {}
         try:
             async with asyncio.timeout(timeout):
                 while not self._wanted <= self._replies.keys():
@@ -42,8 +60,12 @@ class CatchUp:
                     await self._arrived.wait()
         except TimeoutError:
             pass
-        replies, self._wanted, self._replies = self._replies, set(), {}
+        replies, self._wanted = dict(self._replies), set()
         return replies
+
+    def finish(self) -> None:
+        """The attempt is decided: models arriving from now on go to the inbox."""
+        self._replies = {}
 
 
 def average(replies: dict[str, Message]) -> tuple[int, Weights]:

@@ -7,6 +7,7 @@ a local simulation; only who builds it differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -18,6 +19,7 @@ from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
 from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
 from p2pfl.node.catchup import CatchUp, average
+from p2pfl.node.gossip_async import LatestModels, staleness_weights
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.mixing import Aggregator, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
@@ -117,6 +119,7 @@ class Node:
         self._executor = executor
         self._own_executor: ThreadPoolExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
+        self._fresh = LatestModels()  # async mode: each neighbour's newest unmerged model
         self._addresses: dict[str, str] = {}
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
         self._catch_up = CatchUp()
@@ -127,6 +130,11 @@ class Node:
         self._limits = limits_for(weights, config)
         self.secure = secure
         self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
+        if secure is not None and config.mode == "async":
+            raise NodeError(
+                f"node {self.name}: secure aggregation needs the round barrier (masks cancel only "
+                "when the same neighbours' models of the same round are summed): use mode sync"
+            )
         if secure is not None:
             if aggregator is not mix:
                 raise NodeError(
@@ -268,9 +276,12 @@ class Node:
         if not self._started:
             raise NodeError(f"node {self.name} is not started: use 'async with node:'")
         first = len(self.history)
+        last = self.config.rounds - 1 if until_round is None else min(until_round, self.config.rounds - 1)
+        if self.config.mode == "async":
+            await self._run_async(last)
+            return self.history[first:]
         round_ = self.config.start_round
         step: _WorkerStep | None = None
-        last = self.config.rounds - 1 if until_round is None else min(until_round, self.config.rounds - 1)
         while round_ <= last:
             caught_up = await self._catch_up_if_behind(round_)
             if caught_up is not None:
@@ -293,6 +304,50 @@ class Node:
             round_ += 1
         return self.history[first:]
 
+    async def _run_async(self, last: int) -> None:
+        """Asynchronous gossip: push after every local step, merge what arrived, never wait.
+
+        The round of each step is the node's logical clock (see
+        :mod:`p2pfl.node.gossip_async`); it ends once the clock passes ``last``.
+        """
+        clock = self.config.start_round
+        if clock > last:
+            return
+        step = await self._in_worker(self._worker_step, None, None, clock)
+        while True:
+            assert step.trained is not None and step.weights is not None
+            started = time.perf_counter()
+            plan = self.schedule.plan(self.name, clock)
+            frames = wire.encode(
+                kind="model", sender=self.name, round=clock, samples=step.trained.samples, tensors=step.weights,
+            )
+            sent = self._send_to(plan.send_to, frames)
+            fresh = self._fresh.take()
+            merge = staleness_weights(
+                self.name, clock, {peer: msg.round for peer, msg in fresh.items()},
+                lambda r: self.schedule.plan(self.name, r).weights,
+                self.config.staleness, self.config.staleness_grace,
+            )
+            exchange = _Exchange(
+                round=merge.clock,
+                own=step.weights,
+                received={peer: msg.tensors for peer, msg in fresh.items()},
+                weights=merge.weights,
+                bytes_sent=sent,
+                bytes_received=sum(msg.nbytes for msg in fresh.values()),
+                missing=(),
+                seconds=time.perf_counter() - started,
+            )
+            upcoming = exchange.round + 1 if exchange.round < last else None
+            step = await self._in_worker(self._worker_step, step, exchange, upcoming)
+            assert step.metrics is not None and step.mixed is not None
+            self.history.append(step.metrics)
+            if self.observer is not None:
+                self.observer.on_round_end(step.metrics, step.mixed)
+            if upcoming is None:
+                return
+            clock = upcoming
+
     async def _catch_up_if_behind(self, round_: int) -> tuple[int, Weights] | None:
         """Join the neighbours' round with their model, if most of them are far ahead.
 
@@ -307,16 +362,23 @@ class Node:
         request = wire.encode(kind="sync-request", sender=self.name, round=round_, samples=0, tensors={})
         self._send_to(tuple(ahead), request, control=True)
         replies = await self._catch_up.gather(ahead, timeout=self.config.round_timeout)
-        if 2 * len(replies) <= len(present):
-            log.warning("node %s: neighbours %s seem ahead but too few sent a model to catch up with",
-                        self.name, ", ".join(ahead))
-            return None
-        # Join the neighbours' current round: they resend their model of it with the sync
-        # reply, and wait for ours now that they heard from us again.
-        current, weights = average(replies)
-        target = min(current, self.config.rounds - 1)
-        if target <= round_:
-            return None
+        try:
+            if 2 * len(replies) <= len(present):
+                log.warning("node %s: neighbours %s seem ahead but too few sent a model to catch up with",
+                            self.name, ", ".join(ahead))
+                return None
+            # Join the neighbours' current round: they resend their model of it with the sync
+            # reply, and wait for ours now that they heard from us again.
+            current, weights = average(replies)
+            target = min(current, self.config.rounds - 1)
+            if target <= round_:
+                return None
+            self._inbox.advance(target)  # from now on their messages of that round are in the window
+            for model in self._catch_up.kept_models(target):
+                with contextlib.suppress(WireError):  # e.g. a duplicate that came the normal way
+                    self._inbox.offer(model)
+        finally:
+            self._catch_up.finish()
         log.info("node %s: behind at round %d; took the model of %s and joins at round %d",
                  self.name, round_, ", ".join(sorted(replies)), target)
         return target, weights
@@ -349,13 +411,27 @@ class Node:
     async def _collect(
         self, round_: int, plan: RoundPlan, going_on: str
     ) -> tuple[dict[str, wire.Message], tuple[str, ...]]:
-        """Wait for the round's models; a neighbour that misses the deadline is suspected."""
+        """Wait for the round's models; a neighbour that misses the deadline is suspected.
+
+        A neighbour already heard at a later round is not waited for either: its model of
+        this round went out before (lost, or sent before we were its neighbour) and will
+        not come now.
+        """
+
+        def moved_past(peer: str) -> bool:
+            last = self.peers.last_round(peer)
+            return last is not None and last > round_
+
         received = await self._inbox.collect(
-            round_, plan.expect_from, self.config.round_timeout, skip=self._not_worth_waiting_for
+            round_, plan.expect_from, self.config.round_timeout,
+            skip=lambda peer: self._not_worth_waiting_for(peer) or moved_past(peer),
         )
         missing = tuple(p for p in plan.expect_from if p not in received)
         for peer in missing:
-            if self.peers.suspect(peer):
+            if moved_past(peer):
+                log.info("node %s round %d: %s is already past this round; %s without it",
+                         self.name, round_, peer, going_on)
+            elif self.peers.suspect(peer):
                 log.warning(
                     "node %s round %d: no model from %s; %s without it and not waiting for it "
                     "again until it is heard from", self.name, round_, peer, going_on,
@@ -496,6 +572,7 @@ class Node:
             missing=exchange.missing,
             # a differentially private learner's TrainResult carries its spent epsilon
             epsilon=getattr(step.trained, "epsilon", None),
+            timestamp=time.time(),
         )
 
     def _not_worth_waiting_for(self, peer: str) -> bool:
@@ -594,8 +671,14 @@ class Node:
         if self.peers.heard(message.sender, message.round):
             log.info("node %s: %s is back (at round %d)", self.name, message.sender, message.round)
             self._inbox.poke()  # a round under way waits for it again
-        if message.kind in ("model", "masked-model"):
-            self._inbox.offer(message)
+        elif message.round > self._inbox.current_round:
+            self._inbox.poke()  # a round under way stops waiting for a peer that moved past it
+        if message.kind == "model" and self.config.mode == "async":
+            self._fresh.offer(message)
+        elif message.kind in ("model", "masked-model"):
+            if not (message.round > self._inbox.current_round + self._inbox.max_rounds_ahead
+                    and self._catch_up.keep_model(message)):
+                self._inbox.offer(message)
         elif message.kind == "reveal-request":
             self._on_reveal_request(message)
         elif message.kind == "reveal":
@@ -622,6 +705,7 @@ class Node:
             # whatever stale rounds were queued for its previous life (and inproc links
             # do not reconnect by themselves).
             self.transport.disconnect(message.sender)
+            self._fresh.forget(message.sender)  # its clock restarts from its checkpoint
             self._greet([message.sender], reply=True)
 
     def _on_sync_request(self, message: wire.Message) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from p2pfl import wire
+from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Weights
 
 
@@ -26,6 +27,12 @@ class NodeConfig:
         max_rounds_ahead: messages for rounds further ahead than this are rejected.
         start_round: first round to run (a resumed node starts after its checkpoint).
         limits: size bounds for incoming messages.
+        mode: ``"sync"`` (rounds with a barrier: wait for the neighbours' models up to
+            ``round_timeout``) or ``"async"`` (no barrier: merge whatever arrived,
+            see :mod:`p2pfl.node.gossip_async`; ``rounds`` then bounds the logical clock).
+        staleness: async mode: a model ``s`` clock ticks behind beyond the grace counts
+            ``(1 + s) ** -staleness`` of its mixing weight (0 = no discount).
+        staleness_grace: async mode: clock ticks of lag that are not discounted.
     """
 
     name: str
@@ -34,6 +41,25 @@ class NodeConfig:
     max_rounds_ahead: int = 4
     start_round: int = 0
     limits: wire.WireLimits = wire.WireLimits()
+    mode: str = "sync"
+    staleness: float = 0.5
+    staleness_grace: int = 5
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode, self.staleness, self.staleness_grace)
+
+
+MODES = ("sync", "async")
+
+
+def check_mode(mode: str, staleness: float, staleness_grace: int) -> None:
+    """Raises ConfigError naming ``mode``, ``staleness`` or ``staleness_grace`` if invalid."""
+    if mode not in MODES:
+        raise ConfigError("mode", f"must be sync or async, got {mode!r}")
+    if not staleness >= 0:
+        raise ConfigError("staleness", f"must be >= 0 (0 = no staleness discount), got {staleness}")
+    if staleness_grace < 0:
+        raise ConfigError("staleness_grace", f"must be >= 0 clock ticks, got {staleness_grace}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,7 @@ class RoundMetrics:
     received_from: tuple[str, ...]
     missing: tuple[str, ...]
     epsilon: float | None = None  # DP learners: privacy spent through this round; else None
+    timestamp: float = 0.0  # UNIX time the round's metrics were taken (time-to-accuracy)
 
 
 def metrics_row(metrics: RoundMetrics) -> dict[str, Any]:

@@ -32,6 +32,12 @@ class ExperimentConfig:
     transport: str = "inproc"  # inproc | ipc | tcp (127.0.0.1, ephemeral ports)
     curve: bool = False  # CurveZMQ on every link (fresh keys per node, allow-list of all nodes)
     round_timeout: float = 60.0  # seconds a node waits for neighbours each round
+    mode: str = "sync"  # sync (round barrier) | async (no barrier, staleness-weighted merging)
+    staleness: float = 0.5  # async: a model s ticks older than the grace counts (1+s)^-staleness
+    staleness_grace: int = 5  # async: clock ticks of lag that are not discounted
+    slow_nodes: int = 0  # nodes (chosen with the seed) whose steps take slowdown times longer
+    slowdown: float = 1.0  # how many times slower the slow nodes are
+    step_seconds: float = 0.0  # emulated step time of a normal node (0 = as fast as this machine)
     test_fraction: float = 0.2  # share of the dataset held out as the common test set
     device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
     torch_threads: int = 1  # torch intra-op threads while simulating (0 = leave torch's setting)
@@ -79,15 +85,35 @@ class ExperimentConfig:
             raise ConfigError("curve", "CurveZMQ needs a network transport: use transport = \"tcp\" or \"ipc\"")
         if not self.round_timeout > 0:
             raise ConfigError("round_timeout", f"must be > 0 seconds, got {self.round_timeout}")
+        self._check_speeds()
         if not 0 < self.test_fraction < 1:
             raise ConfigError("test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         self._check_byzantine()
         self._check_privacy()
         self._check_secure_aggregation()
 
+    def _check_speeds(self) -> None:
+        from p2pfl.node.records import check_mode
+
+        check_mode(self.mode, self.staleness, self.staleness_grace)
+        if self.slow_nodes < 0:
+            raise ConfigError("slow_nodes", f"must be >= 0, got {self.slow_nodes}")
+        if self.nodes is not None and self.slow_nodes > self.nodes:
+            raise ConfigError("slow_nodes", f"at most nodes = {self.nodes}, got {self.slow_nodes}")
+        if not self.slowdown >= 1:
+            raise ConfigError("slowdown", f"must be >= 1 (how many times slower), got {self.slowdown}")
+        if self.slow_nodes and self.slowdown == 1:
+            raise ConfigError("slowdown", f"{self.slow_nodes} slow nodes need slowdown > 1, e.g. slowdown = 5")
+        if self.slowdown != 1 and not self.slow_nodes:
+            raise ConfigError("slow_nodes", f"slowdown {self.slowdown} applies to slow_nodes >= 1")
+        if not self.step_seconds >= 0:
+            raise ConfigError("step_seconds", f"must be >= 0 (0 = as fast as this machine), got {self.step_seconds}")
+
     def _check_secure_aggregation(self) -> None:
         if not self.secure_aggregation:
             return
+        if self.mode == "async":
+            raise ConfigError("secure_aggregation", "needs the round barrier: use mode = \"sync\"")
         if self.aggregator != "mean":
             raise ConfigError(
                 "secure_aggregation",

@@ -39,12 +39,26 @@ def consensus_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return ((stacked - stacked.mean(axis=0)) ** 2).sum(axis=1)
 
 
+def model_distances(models: Sequence[Weights]) -> np.ndarray:
+    """:func:`consensus_distances` of whole models, tensor by tensor (no flattening:
+    a few large numpy operations per tensor instead of a copy of every model)."""
+    total = np.zeros(len(models))
+    for name in sorted(models[0]):
+        stacked = np.stack([model[name] for model in models]).reshape(len(models), -1)
+        centred = stacked - stacked.mean(axis=0, dtype=np.float64)
+        total += np.einsum("ij,ij->i", centred, centred)
+    return total
+
+
 class MetricsRecorder:
     """A :class:`~p2pfl.node.node.RoundObserver` for a whole simulation.
 
-    A round is closed once every node has reported it (or at :meth:`close` for rounds
-    some node never finished); closing computes the consensus distance, appends one
-    ``metrics.jsonl`` line per node and calls ``progress``.
+    A round is closed once every live node has reported it or a later round (or at
+    :meth:`close` for rounds some node never finished). In sync mode every node reports
+    every round; in async mode a node's clock may jump over rounds, and its model at
+    round ``r`` is the one of its latest report up to ``r``. Closing computes the
+    consensus distance, appends one ``metrics.jsonl`` line per report and calls
+    ``progress``.
 
     Args:
         names: all node names (defines line order).
@@ -63,7 +77,9 @@ class MetricsRecorder:
         self.rows: list[dict[str, Any]] = []
         self.rounds: list[RoundSummary] = []
         self.final_weights: dict[str, Weights] = {}
-        self._pending: dict[int, dict[str, tuple[RoundMetrics, np.ndarray]]] = {}
+        self._next_round = 0  # rounds close in order
+        self._reports: dict[str, list[tuple[RoundMetrics, Weights]]] = {n: [] for n in self.names}
+        self._state: dict[str, tuple[RoundMetrics, Weights]] = {}  # latest report of a closed round
         self._down: set[str] = set()  # crashed or rejoining nodes: rounds close without them
         self._rejoining: set[str] = set()
         self._required_from: dict[str, int] = {}  # a rejoined node counts from its first round back
@@ -79,11 +95,11 @@ class MetricsRecorder:
             self._rejoining.discard(metrics.node)
             self._down.discard(metrics.node)
             self._required_from[metrics.node] = metrics.round
-        if self._event(metrics.round).is_set():  # closed while this node was down: a late row
+            self._state.pop(metrics.node, None)  # its model from before the crash is gone
+        if metrics.round < self._next_round:  # closed while this node was down: a late row
             self._write([self._row(metrics, math.nan)])
             return
-        slot = self._pending.setdefault(metrics.round, {})
-        slot[metrics.node] = (metrics, flatten(weights))
+        self._reports[metrics.node].append((metrics, weights))  # nodes hand over fresh arrays
         self._close_complete_rounds()
 
     def node_down(self, name: str) -> None:
@@ -102,31 +118,47 @@ class MetricsRecorder:
     def _event(self, round_: int) -> asyncio.Event:
         return self._closed.setdefault(round_, asyncio.Event())
 
+    def _reported_up_to(self, name: str) -> int:
+        reports = self._reports[name]
+        return reports[-1][0].round if reports else -1
+
     def _close_complete_rounds(self) -> None:
-        for round_ in sorted(self._pending):
-            required = {
-                n for n in self.names if n not in self._down and self._required_from.get(n, 0) <= round_
-            }
-            if not required <= self._pending[round_].keys():
-                break  # rounds close in order
+        while any(self._reports.values()):
+            round_ = self._next_round
+            if any(
+                self._reported_up_to(n) < round_
+                for n in self.names
+                if n not in self._down and self._required_from.get(n, 0) <= round_
+            ):
+                return
             self._close_round(round_)
 
     def close(self) -> None:
         """Close rounds some nodes never finished, then the metrics file."""
-        for round_ in sorted(self._pending):
-            self._close_round(round_)
+        while any(self._reports.values()):
+            self._close_round(self._next_round)
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def _close_round(self, round_: int) -> None:
-        slot = self._pending.pop(round_)
-        order = [n for n in self.names if n in slot]
-        distances = consensus_distances([slot[n][1] for n in order])
-        rows = [self._row(slot[name][0], float(d)) for name, d in zip(order, distances, strict=True)]
-        accuracies = [row["test_accuracy"] for row in rows]
-        self._write(rows)
+        exact: dict[str, RoundMetrics] = {}  # the reports of this very round
+        for name in self.names:
+            reports = self._reports[name]
+            while reports and reports[0][0].round <= round_:
+                self._state[name] = reports.pop(0)
+            if name in self._state and self._state[name][0].round == round_:
+                exact[name] = self._state[name][0]
+        self._next_round = round_ + 1
+        order = [n for n in self.names if n in exact or (n in self._state and n not in self._down)]
+        if not order:
+            self._event(round_).set()
+            return
+        distances = model_distances([self._state[n][1] for n in order])
+        by_node = dict(zip(order, distances, strict=True))
+        self._write([self._row(metrics, float(by_node[name])) for name, metrics in exact.items()])
         self._event(round_).set()
+        accuracies = [self._state[n][0].test_accuracy for n in order]
         summary = RoundSummary(
             round=round_,
             nodes=len(order),
@@ -134,12 +166,11 @@ class MetricsRecorder:
             min_accuracy=float(np.min(accuracies)),
             max_accuracy=float(np.max(accuracies)),
             consensus_distance=float(distances.mean()),
-            bytes_sent=sum(slot[n][0].bytes_sent for n in order),
+            bytes_sent=sum(m.bytes_sent for m in exact.values()),
         )
         self.rounds.append(summary)
         if self.progress is not None:
             self.progress(summary)
-
 
     @staticmethod
     def _row(metrics: RoundMetrics, distance: float) -> dict[str, Any]:

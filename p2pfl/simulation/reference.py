@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from p2pfl.learning.learner import Weights
-from p2pfl.simulation.recorder import RoundSummary, consensus_distances, flatten
+from p2pfl.simulation.recorder import RoundSummary, model_distances
 from p2pfl.simulation.setup import Experiment, torch_threads
 from p2pfl.topology import mixing_matrix_for_round
 
@@ -48,7 +48,7 @@ def _run(experiment: Experiment, on_round: Callable[[RoundSummary], None] | None
             learner.set_weights(weights)
             accuracies.append(learner.evaluate().accuracy)
         if on_round is not None:
-            distances = consensus_distances([flatten(m) for m in mixed])
+            distances = model_distances(mixed)
             on_round(
                 RoundSummary(
                     round=round_, nodes=len(learners),

@@ -41,6 +41,7 @@ class Experiment:
     parts: list[np.ndarray]
     learners: list[TorchLearner | AttackingLearner]
     attackers: list[str] = field(default_factory=list)  # names of the attacking nodes
+    slow: list[str] = field(default_factory=list)  # names of the slowed-down nodes
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +72,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             learners[i], config.attack, seed=node_seed(config.seed, i), num_classes=dataset.num_classes
         )
     names = [topology.names[i] for i in attackers]
-    return Experiment(config, topology, schedule, dataset, parts, learners, names)
+    slow = [topology.names[i] for i in pick_slow_nodes(config, topology.n)]
+    return Experiment(config, topology, schedule, dataset, parts, learners, names, slow)
 
 
 def check_secure_neighbourhoods(schedule: GossipSchedule, names: list[str]) -> None:
@@ -92,6 +94,16 @@ def pick_attackers(config: ExperimentConfig, n: int) -> list[int]:
     if not config.attackers:
         return []
     return sorted(int(i) for i in np.random.default_rng(config.seed).choice(n, config.attackers, replace=False))
+
+
+def pick_slow_nodes(config: ExperimentConfig, n: int) -> list[int]:
+    """Indices of the ``config.slow_nodes`` slow nodes, drawn with the seed."""
+    if config.slow_nodes > n:  # the count may come from a topology file
+        raise ConfigError("slow_nodes", f"at most the {n} nodes, got {config.slow_nodes}")
+    if not config.slow_nodes:
+        return []
+    rng = np.random.default_rng([config.seed, 1])  # a stream apart from the attackers'
+    return sorted(int(i) for i in rng.choice(n, config.slow_nodes, replace=False))
 
 
 def build_learners(

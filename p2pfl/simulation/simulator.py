@@ -30,6 +30,7 @@ from p2pfl.node.peers import StartCondition
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import check_outages, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
 from p2pfl.simulation.setup import Experiment, build_experiment, torch_threads
 from p2pfl.simulation.worker import PhasedWorker
@@ -87,17 +88,25 @@ async def simulate(
             aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
             outages = parse_outages(config.fail, config.recover)
             check_outages(outages, experiment.names, config.rounds)
+            loop = asyncio.get_running_loop()
+
+            def executor_for(name: str) -> Any:
+                factor = config.slowdown if name in experiment.slow else 1.0
+                if factor == 1.0 and not config.step_seconds:
+                    return executor
+                return PacedExecutor(executor, loop, factor=factor, step_seconds=config.step_seconds)
 
             def make_node(name: str, learner: Any, endpoint: str, start_round: int = 0) -> Node:
                 return Node(
                     NodeConfig(
                         name=name, rounds=config.rounds, round_timeout=config.round_timeout,
-                        start_round=start_round,
+                        start_round=start_round, mode=config.mode, staleness=config.staleness,
+                        staleness_grace=config.staleness_grace,
                     ),
                     learner,
                     experiment.schedule,
                     ZmqTransport(context, endpoint, security=security_for(name)),
-                    executor=executor,
+                    executor=executor_for(name),
                     observer=recorder,
                     aggregator=attacker_aggregator(aggregator, learner),
                     secure=secure_for(name),
@@ -229,6 +238,8 @@ def _summary(
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,
         "attackers": list(experiment.attackers),
+        "mode": config.mode,
+        "slow_nodes": list(experiment.slow),
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
         "honest_min_accuracy": min(honest) if honest else None,
         "consensus_distance": last.consensus_distance if last else None,

@@ -19,11 +19,10 @@ async def test_four_of_sixteen_crash_at_round_10_and_return_at_20():
     reference = healthy.summary["mean_accuracy"]
     final = {row["node"]: row["test_accuracy"] for row in churned.rows if row["round"] == 39}
     assert sorted(final) == sorted(str(i) for i in range(16))  # every node finished
-    # Measured over repeated runs: mean within 1.5 points, worst node 1.3-3.3 points
-    # below (the returners' data was missing for 10 rounds; timing races on rejoin).
-    assert sum(final.values()) / 16 >= reference - 0.02
+    # The bar: every node within 2 points of the no-failure accuracy. Measured over 8
+    # runs: mean 0.940-0.941, worst node 0.928-0.931 against 0.944.
     for node, accuracy in final.items():
-        assert accuracy >= reference - 0.04, (node, accuracy, reference)
+        assert accuracy >= reference - 0.02, (node, accuracy, reference)
     survivors = [row for row in churned.rows if row["node"] not in VICTIMS]
     # one deadline for the crash, then they stop waiting: never longer than that
     assert max(row["round_seconds"] for row in survivors) < DEADLINE + 0.5

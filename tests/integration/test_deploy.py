@@ -2,77 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from processes import TIMEOUT, finish, metrics_rows, start, wait_for, write_ring_configs
 
-from p2pfl.consortium.rehearsal import free_loopback_ports
 from p2pfl.learning.models import MLP
-
-TIMEOUT = 120
-
-
-def write_ring_configs(tmp_path: Path, n: int, rounds: int, round_timeout: float = 20.0) -> list[Path]:
-    ports = free_loopback_ports(n)
-    paths = []
-    for i in range(n):
-        peers = {str(j): f"tcp://127.0.0.1:{ports[j]}" for j in ((i - 1) % n, (i + 1) % n)}
-        peer_lines = "\n".join(f'"{name}" = "{endpoint}"' for name, endpoint in peers.items())
-        path = tmp_path / f"node{i}.toml"
-        path.write_text(
-            f'name = "{i}"\nbind = "tcp://127.0.0.1:{ports[i]}"\n'
-            'learner = "p2pfl.examples.bundled:build_learner"\n'
-            f'learner_args = {{ index = {i}, nodes = {n}, partition = "iid" }}\n'
-            f"rounds = {rounds}\nround_timeout = {round_timeout}\nhello_interval = 0.2\n"
-            "torch_threads = 1\n"
-            f'state_dir = "state{i}"\n[peers]\n{peer_lines}\n'
-        )
-        paths.append(path)
-    return paths
-
-
-def start(config: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "p2pfl", "node", "--config", str(config), "--insecure", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def metrics_rows(state: Path) -> list[dict]:
-    path = state / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    """Poll a file-system condition written by another process, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # ok-sleep: polling another process's files, bounded by the deadline
-
-
-def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
-    outputs = []
-    try:
-        for process in processes:
-            out, _ = process.communicate(timeout=TIMEOUT)
-            outputs.append(out)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return outputs
 
 
 def test_three_node_processes_train_and_save_a_plain_torch_model(tmp_path):

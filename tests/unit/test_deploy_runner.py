@@ -61,6 +61,32 @@ def test_a_checkpoint_of_another_node_is_refused(tmp_path):
         load_checkpoint(tmp_path, "b")
 
 
+def test_temporary_files_of_killed_saves_are_removed_at_start_unless_a_writer_holds_them(tmp_path):
+    import fcntl
+
+    from p2pfl.deploy.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+
+    save_checkpoint(tmp_path, "a", 3, tiny_learner(0))
+    stale = [tmp_path / ".checkpoint.pt.k1ll3d", tmp_path / ".final_model.pt.k1ll3d"]
+    for path in stale:
+        path.write_bytes(b"PK\x03\x04 half written")
+    others = [tmp_path / ".hidden", tmp_path / "metrics.jsonl", tmp_path / "checkpoint.pt"]
+    for path in others[:2]:
+        path.write_text("keep")
+    live = tmp_path / ".checkpoint.pt.writing"  # a save in progress holds its lock
+    fd = os.open(live, os.O_CREAT | os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert load_checkpoint(tmp_path, "a").round == 3  # what a starting node calls
+        assert not any(path.exists() for path in stale)
+        assert all(path.exists() for path in [*others, live])
+    finally:
+        os.close(fd)  # the writer is gone: its file is garbage now
+    assert remove_stale_temp_files(tmp_path) == [live]
+    save_checkpoint(tmp_path, "a", 4, tiny_learner(0))  # saving leaves no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "checkpoint.pt", "metrics.jsonl"]
+
+
 async def test_membership_reloads_when_the_file_changes_and_on_sighup(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "RELOAD_POLL_SECONDS", 0.05)
     members = tmp_path / "members.json"

@@ -177,3 +177,14 @@ def test_size_limits():
 def test_encoding_an_unsupported_dtype_is_a_clear_error():
     with pytest.raises(WireError, match="complex"):
         wire.encode(kind="model", sender="a", round=0, samples=0, tensors={"z": np.zeros(2, np.complex64)})
+
+
+def test_a_header_with_more_objects_than_the_budget_is_refused():
+    limits = wire.WireLimits(max_tensors=4)  # budget: 16 * 4 + 1024 = 1088 objects
+    frames = encode()
+    header = header_of(frames)
+    header["meta"] = {"pad": [0] * 500}  # 500 one-byte objects: within the budget
+    assert decode(with_header(frames, header), limits=limits).meta["pad"] == [0] * 500
+    header["meta"] = {"pad": [[0]] * 600}  # 1200 objects in ~1.2 kB: over it
+    with pytest.raises(WireError, match="more than 1088 objects"):
+        decode(with_header(frames, header), limits=limits)

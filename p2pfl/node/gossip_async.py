@@ -1,0 +1,105 @@
+"""Asynchronous gossip (``mode = "async"``): no round barrier, staleness-weighted merging.
+
+Each model carries a logical clock in the header's ``round`` field. After its local
+steps a node pushes its model, tagged with its clock, and merges whatever fresh models
+arrived meanwhile, never waiting. Merging advances the clock Lamport-style, to the
+newest clock merged: a slow node that takes in its fast neighbours' models carries
+their progress, so it neither drags them back nor trains on alone after they finish.
+A model whose clock lags the receiver's by more than ``grace`` ticks, by ``s`` ticks
+beyond that, counts ``(1 + s) ** -staleness`` of its mixing weight (FedAsync's hinged
+polynomial discount). The grace covers the lag that is normal among nodes of different
+speeds: discounting a 5x slower neighbour's every model was measured to slow a ring's
+convergence (it is that neighbour's only way to share its data), while a model many
+ticks old, from a node back after a long outage, must not pull the others back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from p2pfl.errors import WireError
+from p2pfl.wire import Message
+
+
+class LatestModels:
+    """The newest model of each neighbour not yet merged; one per neighbour at most.
+
+    A model no newer than one already received from the same sender (a replay, or a
+    message overtaken on the way) is refused, so memory stays bounded by the degree
+    and an old model cannot be merged twice.
+    """
+
+    def __init__(self) -> None:
+        self._fresh: dict[str, Message] = {}
+        self._newest: dict[str, int] = {}  # sender -> newest clock received
+
+    def offer(self, message: Message) -> None:
+        """Keep ``message`` as its sender's freshest model.
+
+        Raises:
+            WireError: ``stale_round`` when the sender already sent a model this new.
+        """
+        newest = self._newest.get(message.sender)
+        if newest is not None and message.round <= newest:
+            raise WireError(
+                "stale_round", f"model of clock {message.round} from {message.sender}, already had {newest}"
+            )
+        self._newest[message.sender] = message.round
+        self._fresh[message.sender] = message
+
+    def take(self) -> dict[str, Message]:
+        """The fresh models (by sender, in name order), forgetting them."""
+        fresh = {sender: self._fresh[sender] for sender in sorted(self._fresh)}
+        self._fresh.clear()
+        return fresh
+
+    def forget(self, sender: str) -> None:
+        """``sender`` restarted: its clock may start lower again."""
+        self._newest.pop(sender, None)
+        self._fresh.pop(sender, None)
+
+    def pending(self) -> int:
+        return len(self._fresh)
+
+
+@dataclass(frozen=True)
+class AsyncMerge:
+    """How one asynchronous step merges: the weights for ``mix`` and the new clock."""
+
+    weights: dict[str, float]  # own name and every merged peer; ``mix`` renormalises
+    clock: int  # the logical clock of the merged model
+
+
+def staleness_weights(
+    own_name: str,
+    clock: int,
+    fresh: Mapping[str, int],
+    mixing_weights: Callable[[int], Mapping[str, float]],
+    staleness: float,
+    grace: int,
+) -> AsyncMerge:
+    """Mixing weights for one asynchronous merge.
+
+    Args:
+        own_name: this node.
+        clock: this node's clock (the model it just trained).
+        fresh: peer -> clock of its fresh model.
+        mixing_weights: the node's mixing weights of a given round (its schedule's plan;
+            a peer's share is taken from the round its model was sent in).
+        staleness: exponent ``a`` of the discount ``(1 + s) ** -a`` for a model ``s``
+            clock ticks older than ours beyond the grace; 0 turns discounting off.
+        grace: lag in clock ticks that is not discounted.
+
+    Returns:
+        Peers' discounted shares and the node's own share, which keeps what fresh
+        peers did not take (at least its nominal share), and the merged clock.
+    """
+    nominal = mixing_weights(clock)
+    weights: dict[str, float] = {}
+    for peer, peer_clock in fresh.items():
+        share = mixing_weights(peer_clock).get(peer, nominal.get(peer, 0.0))
+        lag = max(0, clock - peer_clock - grace)
+        weights[peer] = share * (1.0 + lag) ** -staleness
+    weights[own_name] = max(1.0 - sum(weights.values()), nominal.get(own_name, 0.0))
+    return AsyncMerge(weights=weights, clock=max([clock, *fresh.values()]))

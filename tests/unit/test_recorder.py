@@ -1,0 +1,63 @@
+"""The simulation's metrics recorder: rounds close in order, also when clocks jump."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p2pfl.node.records import RoundMetrics
+from p2pfl.simulation.recorder import MetricsRecorder, consensus_distances, flatten, model_distances
+
+
+def report(node: str, round_: int, accuracy: float) -> RoundMetrics:
+    return RoundMetrics(node, round_, 0.1, 0.2, accuracy, 10, 10, 0.01, (), ())
+
+
+def model(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full((2, 2), value, np.float32), "b": np.full(3, value, np.float32)}
+
+
+def test_model_distances_equal_the_flattened_computation():
+    rng = np.random.default_rng(0)
+    models = [{"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+              for _ in range(5)]
+    np.testing.assert_allclose(model_distances(models), consensus_distances([flatten(m) for m in models]))
+
+
+def test_a_round_closes_once_every_node_reported_it_or_a_later_one():
+    closed = []
+    recorder = MetricsRecorder(["a", "b"], progress=closed.append)
+    recorder.on_round_end(report("a", 0, 0.5), model(0.0))
+    assert closed == []  # b has not reported yet
+    recorder.on_round_end(report("b", 0, 0.7), model(2.0))
+    assert [s.round for s in closed] == [0]
+    assert closed[0].mean_accuracy == pytest.approx(0.6)
+    assert closed[0].consensus_distance == pytest.approx(7.0)  # 7 entries, each 1 from the mean
+    # async: b's clock jumps from 0 to 3; a reports every round
+    recorder.on_round_end(report("b", 3, 0.9), model(1.0))
+    for round_ in (1, 2, 3):
+        recorder.on_round_end(report("a", round_, 0.5 + round_ / 10), model(1.0))
+    assert [s.round for s in closed] == [0, 1, 2, 3]
+    # rounds 1 and 2 count b with its latest model up to then (its round-0 one)
+    assert closed[1].mean_accuracy == pytest.approx((0.6 + 0.7) / 2)
+    assert closed[1].consensus_distance > 0 and closed[3].consensus_distance == 0
+    rows = [(row["node"], row["round"]) for row in recorder.rows]
+    assert rows == [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 3)]  # one per report
+    recorder.close()
+
+
+def test_a_crashed_node_does_not_hold_rounds_and_counts_again_once_back():
+    closed = []
+    recorder = MetricsRecorder(["a", "b"], progress=closed.append)
+    recorder.on_round_end(report("a", 0, 0.5), model(0.0))
+    recorder.on_round_end(report("b", 0, 0.5), model(0.0))
+    recorder.node_down("b")
+    recorder.on_round_end(report("a", 1, 0.6), model(0.0))
+    assert closed[-1].round == 1 and closed[-1].nodes == 1
+    recorder.node_up("b")
+    recorder.on_round_end(report("b", 3, 0.8), model(0.0))  # caught up to round 3
+    recorder.on_round_end(report("a", 2, 0.6), model(0.0))
+    assert closed[-1].round == 2 and closed[-1].nodes == 1  # b counts from round 3 on
+    recorder.on_round_end(report("a", 3, 0.7), model(0.0))
+    assert closed[-1].round == 3 and closed[-1].nodes == 2
+    recorder.close()
