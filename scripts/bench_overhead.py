@@ -39,25 +39,39 @@ def main() -> None:
         nodes=args.nodes, rounds=args.rounds, topology=args.topology, model=args.model,
         transport=args.transport,
     )
-    plain, networked = [], []
-    for _ in range(args.repeats):
-        # alternate, so drifting machine load hits both sides alike
+    def plain_run() -> float:
         experiment = build_experiment(config)
         started = time.perf_counter()
         run_reference(experiment, on_round=lambda summary: None)
-        plain.append(time.perf_counter() - started)
+        return time.perf_counter() - started
 
+    def networked_run() -> float:
         experiment = build_experiment(config)
         started = time.perf_counter()
         asyncio.run(simulate(config, experiment=experiment))
-        networked.append(time.perf_counter() - started)
+        return time.perf_counter() - started
+
+    plain, networked = [], []
+    for repeat in range(args.repeats):
+        # back-to-back pairs, in alternating order: the VM's speed drifts (the plain loop
+        # alone varies 1.7-2.6 s), so each pair's ratio compares like with like
+        if repeat % 2:
+            networked.append(networked_run())
+            plain.append(plain_run())
+        else:
+            plain.append(plain_run())
+            networked.append(networked_run())
+    pair_ratios = [n / p for n, p in zip(networked, plain, strict=True)]
     result = {
         "nodes": args.nodes, "rounds": args.rounds, "topology": args.topology,
         "model": args.model, "transport": args.transport, "repeats": args.repeats,
         "torch_threads": config.torch_threads,  # both sides (ExperimentConfig default: 1)
+        "plain_seconds": [round(x, 3) for x in plain],
+        "simulation_seconds": [round(x, 3) for x in networked],
         "plain_seconds_median": statistics.median(plain),
         "simulation_seconds_median": statistics.median(networked),
-        "ratio": statistics.median(networked) / statistics.median(plain),
+        "ratio_of_medians": statistics.median(networked) / statistics.median(plain),
+        "ratio": statistics.median(pair_ratios),  # median of the back-to-back pairs' ratios
     }
     print(json.dumps(result, indent=2))
 

@@ -122,6 +122,7 @@ class Node:
         self._fresh = LatestModels()  # async mode: each neighbour's newest unmerged model
         self._addresses: dict[str, str] = {}
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
+        self._blocked: set[str] = set()  # peers whose queue was full at the last send
         self._catch_up = CatchUp()
         self._latest: tuple[int, Weights] | None = None  # (round it starts, averaged weights)
         self._sent: tuple[int, list[bytes | memoryview]] | None = None  # this round's model frames
@@ -603,10 +604,16 @@ class Node:
                 continue
             if self.transport.send(peer, frames):
                 sent += size
+                if peer in self._blocked:
+                    self._blocked.discard(peer)
+                    log.info("node %s: %s takes messages again", self.name, peer)
             else:
                 self.stats.sends_dropped += 1
-                if not control:
-                    log.warning("node %s: queue to %s is full (down or far behind); dropped", self.name, peer)
+                # once per outage, not every round: a dead neighbour must not flood the log
+                if not control and peer not in self._blocked:
+                    self._blocked.add(peer)
+                    log.warning("node %s: queue to %s is full (down or far behind); dropping "
+                                "messages to it until it takes them again", self.name, peer)
         if control:
             self.stats.control_bytes_sent += sent
         else:
