@@ -37,10 +37,11 @@ def model_frames(
     round: int,
     samples: int = 1,
     tensors: Mapping[str, np.ndarray] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> list[bytes]:
     """A well-formed model message as a raw client would send it (list of bytes)."""
     payload = tensors if tensors is not None else learner.get_weights()
-    frames = wire.encode(kind="model", sender=sender, round=round, samples=samples, tensors=payload)
+    frames = wire.encode(kind="model", sender=sender, round=round, samples=samples, tensors=payload, meta=meta)
     return [bytes(f) for f in frames]
 
 

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Async models say so in their meta: a member configured with the other mode is told
+#: apart (rejected as ``mode_mismatch``) instead of mixing clocks with rounds.
+ASYNC_META = {"async": True}
+
 # the value types live in records.py; users import them from here (or from p2pfl)
 __all__ = ["Node", "NodeConfig", "NodeStats", "RoundMetrics", "RoundObserver"]
 
@@ -321,6 +325,7 @@ class Node:
             plan = self.schedule.plan(self.name, clock)
             frames = wire.encode(
                 kind="model", sender=self.name, round=clock, samples=step.trained.samples, tensors=step.weights,
+                meta=ASYNC_META,
             )
             sent = self._send_to(plan.send_to, frames)
             fresh = self._fresh.take()
@@ -660,6 +665,11 @@ class Node:
             raise WireError("unknown_sender", "message claims to come from this node itself")
         if message.kind in ("model", "masked-model"):
             self._check_secure_kind(message)
+            if (message.meta.get("async") is True) != (self.config.mode == "async"):
+                raise WireError(
+                    "mode_mismatch", f"{message.sender} runs {'a' if self.config.mode == 'sync' else ''}sync "
+                    f"gossip, this node {self.config.mode}: give every member the same mode",
+                )
             if message.round >= self.config.rounds:
                 raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
             expected: Collection[str] = (

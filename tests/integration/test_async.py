@@ -93,7 +93,10 @@ async def test_an_async_node_merges_a_pushed_model_once_and_refuses_its_replay(c
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(node.endpoint)
         try:
-            frames = model_frames(tiny_learner(7), sender="1", round=0)
+            sync_model = model_frames(tiny_learner(7), sender="2", round=0)
+            await sock.send_multipart(sync_model)  # from a member misconfigured as sync
+            await node.wait_until(lambda s: s.rejected["mode_mismatch"] == 1, TIMEOUT)
+            frames = model_frames(tiny_learner(7), sender="1", round=0, meta={"async": True})
             await sock.send_multipart(frames)
             await node.wait_until(lambda s: s.messages_accepted == 1, TIMEOUT)
             await sock.send_multipart(frames)  # a replay
