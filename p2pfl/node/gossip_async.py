@@ -2,9 +2,12 @@
 
 Each model carries a logical clock in the header's ``round`` field. After its local
 steps a node pushes its model, tagged with its clock, and merges whatever fresh models
-arrived meanwhile, never waiting. Merging advances the clock Lamport-style, to the
-newest clock merged: a slow node that takes in its fast neighbours' models carries
-their progress, so it neither drags them back nor trains on alone after they finish.
+arrived meanwhile, never waiting. Merging advances the clock to where its neighbourhood
+is: the (upper) median of its own clock and its neighbours' newest. A slow node that
+takes in its fast neighbours' models so carries their progress, neither dragging them
+back nor training on alone after they finish, while one neighbour lying about its clock
+cannot push the node to its last round (it would stop training) unless it is the
+node's only neighbour.
 A model whose clock lags the receiver's by more than ``grace`` ticks, by ``s`` ticks
 beyond that, counts ``(1 + s) ** -staleness`` of its mixing weight (FedAsync's hinged
 polynomial discount). The grace covers the lag that is normal among nodes of different
@@ -62,13 +65,17 @@ class LatestModels:
     def pending(self) -> int:
         return len(self._fresh)
 
+    def newest_clocks(self) -> dict[str, int]:
+        """The newest clock heard from each neighbour, merged or not."""
+        return dict(self._newest)
+
 
 @dataclass(frozen=True)
 class AsyncMerge:
     """How one asynchronous step merges: the weights for ``mix`` and the new clock."""
 
     weights: dict[str, float]  # own name and every merged peer; ``mix`` renormalises
-    clock: int  # the logical clock of the merged model
+    clock: int  # the logical clock of the merged model (never behind the node's own)
 
 
 def staleness_weights(
@@ -78,6 +85,7 @@ def staleness_weights(
     mixing_weights: Callable[[int], Mapping[str, float]],
     staleness: float,
     grace: int,
+    neighbour_clocks: Mapping[str, int] | None = None,
 ) -> AsyncMerge:
     """Mixing weights for one asynchronous merge.
 
@@ -90,6 +98,8 @@ def staleness_weights(
         staleness: exponent ``a`` of the discount ``(1 + s) ** -a`` for a model ``s``
             clock ticks older than ours beyond the grace; 0 turns discounting off.
         grace: lag in clock ticks that is not discounted.
+        neighbour_clocks: the newest clock heard from each neighbour (``fresh``'s
+            clocks when not given).
 
     Returns:
         Peers' discounted shares and the node's own share, which keeps what fresh
@@ -102,4 +112,5 @@ def staleness_weights(
         lag = max(0, clock - peer_clock - grace)
         weights[peer] = share * (1.0 + lag) ** -staleness
     weights[own_name] = max(1.0 - sum(weights.values()), nominal.get(own_name, 0.0))
-    return AsyncMerge(weights=weights, clock=max([clock, *fresh.values()]))
+    known = sorted([clock, *(fresh if neighbour_clocks is None else neighbour_clocks).values()])
+    return AsyncMerge(weights=weights, clock=max(clock, known[len(known) // 2]))

@@ -332,7 +332,7 @@ class Node:
             merge = staleness_weights(
                 self.name, clock, {peer: msg.round for peer, msg in fresh.items()},
                 lambda r: self.schedule.plan(self.name, r).weights,
-                self.config.staleness, self.config.staleness_grace,
+                self.config.staleness, self.config.staleness_grace, self._fresh.newest_clocks(),
             )
             exchange = _Exchange(
                 round=merge.clock,

@@ -47,7 +47,7 @@ RING = {"me": 1 / 3, "l": 1 / 3, "r": 1 / 3}
 def test_fresh_models_get_their_mixing_weight_and_the_node_keeps_the_rest():
     merge = staleness_weights("me", 10, {"l": 10, "r": 12}, lambda _: RING, staleness=0.5, grace=5)
     assert merge.weights == pytest.approx(RING)
-    assert merge.clock == 12  # Lamport-style: the newest clock merged
+    assert merge.clock == 10  # upper median of 10, 10, 12: where the neighbourhood is
     alone = staleness_weights("me", 10, {"l": 9}, lambda _: RING, staleness=0.5, grace=5)
     assert alone.weights == pytest.approx({"l": 1 / 3, "me": 2 / 3})  # r's share stays home
     assert alone.clock == 10
@@ -105,3 +105,17 @@ async def test_paced_jobs_take_their_emulated_time_off_the_shared_worker():
 
     with ThreadPoolExecutor(1) as worker, pytest.raises(ValueError, match="boom"):
         await loop.run_in_executor(PacedExecutor(worker, loop, factor=2, step_seconds=0.01), broken)
+
+
+def test_a_slow_node_takes_its_neighbours_clock_but_one_liar_cannot_end_its_training():
+    slow = staleness_weights("me", 8, {"l": 36, "r": 37}, lambda _: RING, staleness=0.5, grace=5)
+    assert slow.clock == 36
+    lied = staleness_weights("me", 8, {"l": 36, "r": 39}, lambda _: RING, staleness=0.5, grace=5)
+    assert lied.clock == 36  # "r" claims the last round (39): the honest neighbour decides
+    # the clocks of neighbours with nothing fresh this time count too
+    known = staleness_weights(
+        "me", 8, {"r": 39}, lambda _: RING, staleness=0.5, grace=5, neighbour_clocks={"l": 30, "r": 39}
+    )
+    assert known.clock == 30
+    never_back = staleness_weights("me", 12, {"l": 3}, lambda _: RING, staleness=0.5, grace=5)
+    assert never_back.clock == 12  # a clock never moves back
