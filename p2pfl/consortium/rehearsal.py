@@ -123,18 +123,16 @@ def _final_consensus(bundles: Path, names: list[str]) -> float | None:
     """Mean squared distance of the members' final models to their average."""
     import torch
 
-    from p2pfl.simulation.recorder import consensus_distances
+    from p2pfl.simulation.recorder import model_distances
 
-    vectors = []
+    models = []
     for name in names:
         path = bundles / name / "state" / "final_model.pt"
         if not path.exists():
             return None
         state = torch.load(path, weights_only=True)  # written by our own member process
-        vectors.append(np.concatenate([
-            state[k].double().numpy().ravel() for k in sorted(state) if state[k].is_floating_point()
-        ]))
-    return float(consensus_distances(vectors).mean())
+        models.append({k: v.double().numpy() for k, v in state.items() if v.is_floating_point()})
+    return float(model_distances(models).mean())
 
 
 def _localise(description: Path, target: Path, torch_threads: int) -> Path:

@@ -301,11 +301,9 @@ class Node:
             # One hand-off to the worker per round: mixing and evaluating this round
             # and training the next are one job, so loop and worker meet once.
             step = await self._in_worker(self._worker_step, step, exchange, upcoming)
-            assert step.metrics is not None and step.mixed is not None
+            self._record(step)
+            assert step.mixed is not None
             self._latest = (round_ + 1, step.mixed)
-            self.history.append(step.metrics)
-            if self.observer is not None:
-                self.observer.on_round_end(step.metrics, step.mixed)
             round_ += 1
         return self.history[first:]
 
@@ -346,13 +344,17 @@ class Node:
             )
             upcoming = exchange.round + 1 if exchange.round < last else None
             step = await self._in_worker(self._worker_step, step, exchange, upcoming)
-            assert step.metrics is not None and step.mixed is not None
-            self.history.append(step.metrics)
-            if self.observer is not None:
-                self.observer.on_round_end(step.metrics, step.mixed)
+            self._record(step)
             if upcoming is None:
                 return
             clock = upcoming
+
+    def _record(self, step: _WorkerStep) -> None:
+        """Keep a finished round's metrics and tell the observer."""
+        assert step.metrics is not None and step.mixed is not None
+        self.history.append(step.metrics)
+        if self.observer is not None:
+            self.observer.on_round_end(step.metrics, step.mixed)
 
     async def _catch_up_if_behind(self, round_: int) -> tuple[int, Weights] | None:
         """Join the neighbours' round with their model, if most of them are far ahead.

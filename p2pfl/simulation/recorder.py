@@ -28,20 +28,11 @@ class RoundSummary:
     bytes_sent: int
 
 
-def flatten(weights: Weights) -> np.ndarray:
-    """All tensors of a model as one float64 vector, in name order."""
-    return np.concatenate([np.asarray(weights[k], dtype=np.float64).ravel() for k in sorted(weights)])
-
-
-def consensus_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """Each model's squared distance to the average model."""
-    stacked = np.stack(vectors)
-    return ((stacked - stacked.mean(axis=0)) ** 2).sum(axis=1)
-
-
 def model_distances(models: Sequence[Weights]) -> np.ndarray:
-    """:func:`consensus_distances` of whole models, tensor by tensor (no flattening:
-    a few large numpy operations per tensor instead of a copy of every model)."""
+    """Each model's squared distance to the average model (the consensus distance).
+
+    Computed tensor by tensor: a few large numpy operations per tensor instead of a
+    flattened copy of every model."""
     total = np.zeros(len(models))
     for name in sorted(models[0]):
         stacked = np.stack([model[name] for model in models]).reshape(len(models), -1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from p2pfl.node.records import RoundMetrics
-from p2pfl.simulation.recorder import MetricsRecorder, consensus_distances, flatten, model_distances
+from p2pfl.simulation.recorder import MetricsRecorder, model_distances
 
 
 def report(node: str, round_: int, accuracy: float) -> RoundMetrics:
@@ -17,11 +17,13 @@ def model(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full((2, 2), value, np.float32), "b": np.full(3, value, np.float32)}
 
 
-def test_model_distances_equal_the_flattened_computation():
+def test_model_distances_are_each_models_squared_distance_to_the_mean():
     rng = np.random.default_rng(0)
     models = [{"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
               for _ in range(5)]
-    np.testing.assert_allclose(model_distances(models), consensus_distances([flatten(m) for m in models]))
+    flat = np.stack([np.concatenate([m["a"].ravel(), m["b"].ravel()]).astype(np.float64) for m in models])
+    expected = ((flat - flat.mean(axis=0)) ** 2).sum(axis=1)
+    np.testing.assert_allclose(model_distances(models), expected)
 
 
 def test_a_round_closes_once_every_node_reported_it_or_a_later_one():
