@@ -66,6 +66,7 @@ _SWITCHES: dict[str, str] = {
 _REPEATABLE: dict[str, str] = {
     "fail": "crash a node after a round: node=NAME,round=R (repeatable)",
     "recover": "restart a crashed node once the others finished a round: node=NAME,round=R (repeatable)",
+    "join": "start a node late, afresh, once the others finished a round: node=NAME,round=R (repeatable)",
 }
 
 

@@ -1,4 +1,4 @@
-"""Simulated crashes and recoveries: ``--fail node=3,round=10 --recover node=3,round=15``.
+"""Simulated churn: ``--fail node=3,round=10 --recover node=3,round=15 --join node=5,round=8``.
 
 A failing node finishes round ``round`` and then disappears without a word (its sockets
 close, as when a process is killed). A recovering node comes back once the live nodes
@@ -6,6 +6,10 @@ have all finished round ``round``: with the state it had when it failed (as if r
 from its per-round checkpoint), on the same endpoint. It greets its neighbours, learns
 how far ahead they are and catches up by taking their model, exactly as a restarted
 ``p2pfl node`` does.
+
+A joining node is not there at the start (its neighbours do not wait for it) and
+starts afresh, from the initial model, once the others have finished round ``round``;
+it greets its neighbours and catches up to their round and model like a restarted one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ def parse_outages(fail: Sequence[str], recover: Sequence[str]) -> dict[str, Outa
                 "recover", f"node {node} recovers at round {round_}, not after it fails at {failures[node]}"
             )
     return {node: Outage(node, failures[node], recoveries.get(node)) for node in failures}
+
+
+def parse_joins(join: Sequence[str], outages: dict[str, Outage]) -> dict[str, int]:
+    """Parse ``node=N,round=R`` items: node N joins once the others finished round R."""
+    joins = dict(_item("join", item) for item in join)
+    for node in joins:
+        if node in outages:
+            raise ConfigError("join", f"node {node} both joins and fails: give it one of the two")
+    return joins
+
+
+def check_joins(joins: dict[str, int], names: Sequence[str], rounds: int) -> None:
+    for node, round_ in joins.items():
+        if node not in names:
+            raise ConfigError("join", f"no node named {node!r}; nodes are {', '.join(names[:8])} ...")
+        if not 0 <= round_ < rounds - 1:
+            raise ConfigError("join", f"round {round_} of node {node} is not in 0..{rounds - 2}")
+    if len(joins) >= len(names):
+        raise ConfigError("join", "at least one node must be there from the start")
 
 
 def check_outages(outages: dict[str, Outage], names: Sequence[str], rounds: int) -> None:

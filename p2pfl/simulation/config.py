@@ -46,6 +46,7 @@ class ExperimentConfig:
     attackers: int = 0  # nodes that attack (chosen with the seed); needs attack
     fail: tuple[str, ...] = ()  # crashes: "node=3,round=10" = node 3 dies after round 10
     recover: tuple[str, ...] = ()  # recoveries: "node=3,round=15" = back once the others did round 15
+    join: tuple[str, ...] = ()  # late joiners: "node=5,round=8" = starts afresh once the others did round 8
     dp: str = ""  # differential privacy: "" (off) | sample (DP-SGD, Opacus) | update (noised round update)
     target_epsilon: float = 0.0  # >0: pick the noise so epsilon after all rounds is <= this
     noise: float = 0.0  # noise multiplier (noise std / clip) when no target_epsilon
@@ -65,10 +66,10 @@ class ExperimentConfig:
             raise ConfigError("nodes", f"must be >= 1, got {self.nodes}")
         if self.local_steps < 0:
             raise ConfigError("local_steps", f"must be >= 0 (0 = use local_epochs), got {self.local_steps}")
-        if self.fail or self.recover:
-            from p2pfl.simulation.churn import parse_outages
+        if self.fail or self.recover or self.join:
+            from p2pfl.simulation.churn import parse_joins, parse_outages
 
-            parse_outages(self.fail, self.recover)
+            parse_joins(self.join, parse_outages(self.fail, self.recover))
         if self.torch_threads < 0:
             raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         if self.fanout < 0:

@@ -28,7 +28,7 @@ from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node, NodeConfig
 from p2pfl.node.peers import StartCondition
 from p2pfl.privacy.accounting import privacy_summary
-from p2pfl.simulation.churn import check_outages, parse_outages
+from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
@@ -88,6 +88,8 @@ async def simulate(
             aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
             outages = parse_outages(config.fail, config.recover)
             check_outages(outages, experiment.names, config.rounds)
+            joins = parse_joins(config.join, outages)
+            check_joins(joins, experiment.names, config.rounds)
             loop = asyncio.get_running_loop()
 
             def executor_for(name: str) -> Any:
@@ -112,20 +114,49 @@ async def simulate(
                     secure=secure_for(name),
                 )
 
+            learner_of = dict(zip(experiment.names, experiment.learners, strict=True))
             nodes = [
-                make_node(name, learner, endpoint_for(i))
-                for i, (name, learner) in enumerate(zip(experiment.names, experiment.learners, strict=True))
+                make_node(name, learner_of[name], endpoint_for(i))
+                for i, name in enumerate(experiment.names) if name not in joins
             ]
-            incarnations = {node.name: [node] for node in nodes}  # a recovered node is a new Node
+            # a recovered node is a new Node; a joiner has none until it joins
+            incarnations: dict[str, list[Node]] = {name: [] for name in experiment.names}
+            for node in nodes:
+                incarnations[node.name].append(node)
             async with contextlib.AsyncExitStack() as stack:
                 if authenticator is not None:
                     await stack.enter_async_context(authenticator)
                 for node in nodes:
                     await stack.enter_async_context(node)
-                endpoints = {node.name: node.endpoint for node in nodes}
+                endpoints: dict[str, str] = {node.name: node.endpoint for node in nodes}  # type: ignore[misc]
+                for i, name in enumerate(experiment.names):
+                    if name in joins:  # where it will listen (links open before it binds)
+                        endpoints[name] = _concrete(endpoint_for(i))
+                        recorder.node_down(name)
                 for node in nodes:
                     for peer in experiment.schedule.peers(node.name):
-                        node.add_peer(peer, endpoints[peer])  # type: ignore[arg-type]
+                        node.add_peer(peer, endpoints[peer])
+                        if peer in joins:
+                            node.peers.suspect(peer)  # not there yet: not waited for until heard from
+
+                async def start_late(name: str, start_round: int) -> Node:
+                    """Start ``name`` (back from a crash, or joining) and greet its neighbours."""
+                    node = make_node(name, learner_of[name], endpoints[name], start_round)
+                    await stack.enter_async_context(node)
+                    for peer in experiment.schedule.peers(name):
+                        node.add_peer(peer, endpoints[peer])
+                    incarnations[name].append(node)
+                    recorder.node_up(name)
+                    with contextlib.suppress(TimeoutError):  # all neighbours down: go alone
+                        async with asyncio.timeout(config.round_timeout):
+                            await node.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05)
+                    return node
+
+                async def join(name: str, after_round: int) -> None:
+                    await recorder.wait_for_round(after_round)
+                    log.info("node %s joins after round %d", name, after_round)
+                    node = await start_late(name, 0)  # afresh: the initial model, round 0
+                    await node.run()
 
                 async def lifecycle(node: Node) -> None:
                     outage = outages.get(node.name)
@@ -139,24 +170,16 @@ async def simulate(
                     if outage.recover_round is None:
                         return
                     await recorder.wait_for_round(outage.recover_round)
-                    # back with the state it had (as restored from its checkpoint), same address
-                    endpoint = endpoints[node.name]
-                    assert endpoint is not None  # set when the node started
-                    revived = make_node(node.name, node.learner, endpoint, outage.fail_round + 1)
-                    await stack.enter_async_context(revived)
-                    for peer in experiment.schedule.peers(node.name):
-                        revived.add_peer(peer, endpoints[peer])  # type: ignore[arg-type]
-                    incarnations[node.name].append(revived)
-                    recorder.node_up(node.name)
                     log.info("node %s restarts after round %d", node.name, outage.recover_round)
-                    with contextlib.suppress(TimeoutError):  # all neighbours down: go alone
-                        async with asyncio.timeout(config.round_timeout):
-                            await revived.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05)
+                    # back with the state it had (as restored from its checkpoint), same address
+                    revived = await start_late(node.name, outage.fail_round + 1)
                     await revived.run()
 
                 async with asyncio.TaskGroup() as group:
                     for node in nodes:
                         group.create_task(lifecycle(node), name=f"run-{node.name}")
+                    for name, after_round in joins.items():
+                        group.create_task(join(name, after_round), name=f"join-{name}")
     finally:
         recorder.close()
         executor.shutdown(wait=True)
@@ -199,6 +222,18 @@ def _secure_aggregation(on: bool, names: list[str]) -> Callable[[str], Any]:
 
     keys = generate_keys(names)
     return lambda name: SecureAggregation(keys[name])
+
+
+def _concrete(endpoint: str) -> str:
+    """``endpoint`` with a free loopback port for ``:0`` (for a node that binds later)."""
+    if not endpoint.endswith(":0"):
+        return endpoint  # inproc and ipc names: peers may connect before the bind
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"{endpoint[:-2]}:{port}"
 
 
 @contextlib.contextmanager

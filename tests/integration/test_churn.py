@@ -34,6 +34,21 @@ async def test_four_of_sixteen_crash_at_round_10_and_return_at_20():
     assert churned.summary["rounds_completed"] == 40
 
 
+async def test_a_node_joins_a_running_simulation_and_nobody_waits_for_it_before():
+    deadline = 5.0  # a round that waited for the absent joiner would take this long
+    result = await simulate(ExperimentConfig(
+        nodes=8, topology="ring", partition="iid", rounds=16, round_timeout=deadline, join=("node=3,round=5",),
+    ))
+    joiner = [row for row in result.rows if row["node"] == "3"]
+    others = [row for row in result.rows if row["node"] != "3"]
+    assert joiner[0]["round"] >= 6 and joiner[-1]["round"] == 15  # caught up, then trained along
+    assert max(row["round_seconds"] for row in others) < deadline
+    assert sorted({row["round"] for row in others}) == list(range(16))
+    final = {row["node"]: row["test_accuracy"] for row in result.rows if row["round"] == 15}
+    assert len(final) == 8 and final["3"] >= sum(final.values()) / 8 - 0.05
+    assert result.summary["rounds_completed"] == 16
+
+
 def test_outage_specs_are_validated():
     import pytest
 
@@ -45,3 +60,7 @@ def test_outage_specs_are_validated():
         ExperimentConfig(recover=("node=3,round=12",))
     with pytest.raises(ConfigError, match="not after it fails"):
         ExperimentConfig(fail=("node=3,round=12",), recover=("node=3,round=5",))
+    with pytest.raises(ConfigError, match="both joins and fails"):
+        ExperimentConfig(fail=("node=3,round=12",), join=("node=3,round=5",))
+    with pytest.raises(ConfigError, match="join"):
+        ExperimentConfig(join=("3 at 5",))
