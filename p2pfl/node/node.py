@@ -667,10 +667,12 @@ class Node:
             raise WireError("unknown_sender", "message claims to come from this node itself")
         if message.kind in ("model", "masked-model"):
             self._check_secure_kind(message)
-            if (message.meta.get("async") is True) != (self.config.mode == "async"):
+            theirs = "async" if message.meta.get("async") is True else "sync"
+            if theirs != self.config.mode:
                 raise WireError(
-                    "mode_mismatch", f"{message.sender} runs {'a' if self.config.mode == 'sync' else ''}sync "
-                    f"gossip, this node {self.config.mode}: give every member the same mode",
+                    "mode_mismatch",
+                    f"{message.sender} runs {theirs} gossip, this node {self.config.mode}: "
+                    "give every member the same mode",
                 )
             if message.round >= self.config.rounds:
                 raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
