@@ -258,7 +258,7 @@ def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str
         if nbytes != actual:
             raise WireError(
                 "size_mismatch",
-                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {spec.nbytes} bytes, header says {nbytes}",
+                f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {actual} bytes, header says {nbytes}",
             )
         if schema is not None:
             _check_against_schema(name, spec, schema)

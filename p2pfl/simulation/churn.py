@@ -54,22 +54,24 @@ def parse_joins(join: Sequence[str], outages: dict[str, Outage]) -> dict[str, in
 
 def check_joins(joins: dict[str, int], names: Sequence[str], rounds: int) -> None:
     for node, round_ in joins.items():
-        if node not in names:
-            raise ConfigError("join", f"no node named {node!r}; nodes are {', '.join(names[:8])} ...")
-        if not 0 <= round_ < rounds - 1:
-            raise ConfigError("join", f"round {round_} of node {node} is not in 0..{rounds - 2}")
+        _check_node_round("join", node, round_, names, rounds)
     if len(joins) >= len(names):
         raise ConfigError("join", "at least one node must be there from the start")
 
 
 def check_outages(outages: dict[str, Outage], names: Sequence[str], rounds: int) -> None:
     for outage in outages.values():
-        if outage.node not in names:
-            raise ConfigError("fail", f"no node named {outage.node!r}; nodes are {', '.join(names[:8])} ...")
-        if not 0 <= outage.fail_round < rounds - 1:
-            raise ConfigError("fail", f"round {outage.fail_round} of node {outage.node} is not in 0..{rounds - 2}")
+        _check_node_round("fail", outage.node, outage.fail_round, names, rounds)
         if outage.recover_round is not None and outage.recover_round >= rounds - 1:
             raise ConfigError("recover", f"round {outage.recover_round} leaves nothing to rejoin (rounds = {rounds})")
+
+
+def _check_node_round(field: str, node: str, round_: int, names: Sequence[str], rounds: int) -> None:
+    """The node exists and the round leaves at least one more to run."""
+    if node not in names:
+        raise ConfigError(field, f"no node named {node!r}; nodes are {', '.join(names[:8])} ...")
+    if not 0 <= round_ < rounds - 1:
+        raise ConfigError(field, f"round {round_} of node {node} is not in 0..{rounds - 2}")
 
 
 def _item(field: str, item: str) -> tuple[str, int]:
