@@ -103,7 +103,10 @@ class ZmqTransport:
         options: TransportOptions = TransportOptions(),
         security: LinkSecurity | None = None,
     ) -> None:
-        # one underlying context either way; we only use the plain socket API on it
+        # one underlying context either way; we only use the plain socket API on it. The
+        # shadow does not own the context: keep the caller's alive, or a context made
+        # inline (``ZmqTransport(zmq.Context(), ...)``) is collected and terminated.
+        self._owner = context
         self._context: zmq.Context = zmq.Context.shadow(context.underlying)
         self._bind = bind
         self._options = options

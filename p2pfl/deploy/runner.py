@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -30,7 +31,7 @@ from p2pfl.errors import ConfigError, NodeError
 from p2pfl.learning.learner import Learner, TorchLearner, Weights
 from p2pfl.node.node import Node, NodeConfig, RoundMetrics
 from p2pfl.node.peers import StartCondition
-from p2pfl.node.records import json_line, metrics_row
+from p2pfl.node.records import NodeStats, json_line, metrics_row
 from p2pfl.topology import RoundPlan, StaticSchedule, build_topology
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import ZmqTransport
@@ -101,7 +102,10 @@ def load_membership(config: OrgNodeConfig, base: Path) -> Membership:
         endpoints = {m.name: m.endpoint for m in consortium.members if m.name != config.name}
         return Membership(StaticSchedule(topology), endpoints, allow_list_loader(path), path, consortium.name)
     if config.topology:
-        topology = build_topology(config.topology, seed=config.seed, mixing=config.mixing)
+        # a file is relative to node.toml, like every path there; otherwise a generator spec
+        as_file = resolve(base, config.topology)
+        spec = str(as_file) if as_file.is_file() else config.topology
+        topology = build_topology(spec, seed=config.seed, mixing=config.mixing)
         if config.name not in topology.names:
             raise ConfigError("topology", f"{config.name!r} is not a node of {config.topology}")
         schedule: GossipSchedule = StaticSchedule(topology)
@@ -147,6 +151,7 @@ class RoundRecorder:
         self.name = name
         self.learner = learner
         self.path = state_dir / "metrics.jsonl"
+        self.stats: Callable[[], NodeStats] | None = None  # the node's counters, once it exists
 
     def trim(self, last_round: int) -> None:
         """Keep only rows up to ``last_round`` (the checkpoint's round)."""
@@ -161,11 +166,25 @@ class RoundRecorder:
         with self.path.open("a") as handle:
             handle.write(json_line(metrics_row(metrics)))
         save_checkpoint(self.state_dir, self.name, metrics.round, self.learner)
+        if self.stats is not None:
+            write_stats(self.state_dir, self.stats())
         log.info(
             "round %d done: accuracy %.4f, loss %.4f, from %s%s", metrics.round, metrics.test_accuracy,
             metrics.test_loss, ",".join(metrics.received_from) or "nobody",
             f", missing {','.join(metrics.missing)}" if metrics.missing else "",
         )
+
+
+def write_stats(state_dir: Path, stats: NodeStats) -> Path:
+    """``stats.json``: the node's message counters (refused messages by reason), replaced
+    atomically so a reader never sees half a file."""
+    path = state_dir / "stats.json"
+    row = dataclasses.asdict(stats)
+    row["rejected"] = dict(sorted(stats.rejected.items()))
+    temporary = state_dir / ".stats.json.tmp"
+    temporary.write_text(json.dumps(row, indent=2) + "\n")
+    temporary.replace(path)
+    return path
 
 
 class ProgressQueue:
@@ -224,6 +243,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 checkpoint=recorder,
                 secure=_secure_aggregation(config, membership, allowlist, keypair, start_round),
             )
+            recorder.stats = lambda: node.stats
             await stack.enter_async_context(node)
             log.info("node %s listening on %s (%s)", config.name, node.endpoint,
                      "plain text" if security is None else "CurveZMQ")
@@ -247,6 +267,9 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 finally:
                     for task in duties:
                         task.cancel()
+                    write_stats(state_dir, node.stats)
+                    log.info("messages: %d accepted, refused %s", node.stats.messages_accepted,
+                             dict(node.stats.rejected) or "none")
     finally:
         context.term()
     path = save_final_model(state_dir, learner)

@@ -56,3 +56,16 @@ def mix(
             acc += received[peer][name] * (weights[peer] / total)
         mixed[name] = acc.astype(tensor.dtype, copy=False)
     return mixed
+
+
+def all_finite(weights: Mapping[str, np.ndarray]) -> bool:
+    """No NaN or Inf in any floating-point tensor of ``weights``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for tensor in weights.values():
+            if tensor.dtype.kind != "f":
+                continue
+            # a finite sum proves every element finite (NaN and Inf propagate); only an
+            # overflowing sum of finite values needs the element-wise check
+            if not np.isfinite(tensor.sum()) and not np.isfinite(tensor).all():
+                return False
+    return True

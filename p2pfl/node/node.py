@@ -21,7 +21,7 @@ from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
 from p2pfl.node.catchup import CatchUp, average
 from p2pfl.node.gossip_async import LatestModels, staleness_weights
 from p2pfl.node.inbox import RoundInbox
-from p2pfl.node.mixing import Aggregator, mix
+from p2pfl.node.mixing import Aggregator, all_finite, mix
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
 from p2pfl.node.records import NodeConfig, NodeStats, RoundMetrics, RoundObserver, limits_for
 from p2pfl.topology.schedule import GossipSchedule, RoundPlan
@@ -547,6 +547,9 @@ class Node:
                 mixed = self.secure.combine(exchange.own, exchange.secure_sum, exchange.weights)
             else:
                 mixed = self.aggregator(self.name, exchange.own, exchange.received, exchange.weights)
+            if not all_finite(mixed):  # finite but extreme models can overflow the sum
+                self._non_finite(exchange.round, "averaging with " + ", ".join(sorted(exchange.received)))
+                mixed = exchange.own
             self.learner.set_weights(mixed)
             evaluation = self.learner.evaluate()
             metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)
@@ -555,12 +558,30 @@ class Node:
         mixed_at = time.perf_counter()
         trained = weights = None
         if train_round is not None:
+            start = mixed if mixed is not None else adopt
+            if start is None:  # the first round only: nothing mixed or adopted to fall back on
+                start = self.learner.get_weights()
             trained = self.learner.train(train_round)
             # A fresh snapshot: its frames may sit in a slow peer's queue while we train on.
             weights = self.learner.get_weights()
+            if not all_finite(weights):  # never send (or keep training) a NaN model
+                self._non_finite(train_round, f"local training (train loss {trained.loss})")
+                self.learner.set_weights(start)
+                restart = getattr(self.learner, "restart_optimizer", None)
+                if callable(restart):  # its momentum is NaN too
+                    restart()
+                weights = self.learner.get_weights()
         return _WorkerStep(
             mixed=mixed, metrics=metrics, trained=trained, weights=weights,
             train_seconds=time.perf_counter() - mixed_at,
+        )
+
+    def _non_finite(self, round_: int, during: str) -> None:
+        self.stats.non_finite_models += 1
+        log.error(
+            "node %s round %d: %s gave NaN/Inf weights; keeping the weights from before it. "
+            "Lower the learning rate, or use a robust aggregator if a neighbour sends extreme models",
+            self.name, round_, during,
         )
 
     def _round_metrics(

@@ -103,6 +103,7 @@ class NodeStats:
     bytes_received: int = 0
     control_bytes_sent: int = 0  # greetings, goodbyes, catch-up
     sends_dropped: int = 0
+    non_finite_models: int = 0  # own model went NaN/Inf (averaging or training); reverted
 
 
 def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimits:

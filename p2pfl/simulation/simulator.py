@@ -283,6 +283,7 @@ def _summary(
         "control_bytes_sent_total": sum(node.stats.control_bytes_sent for node in nodes),
         "bytes_received_total": sum(node.stats.bytes_received for node in nodes),
         "messages_rejected": dict(rejected),
+        "non_finite_models": sum(node.stats.non_finite_models for node in nodes),
         "topology": experiment.topology.spec,
         "spectral_gap": spectral_gap(experiment.topology.mixing) if not config.fanout else None,
         # epsilon_max, epsilon_mean, delta, noise_multiplier_min/max (None without DP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,9 @@ def test_three_node_processes_train_and_save_a_plain_torch_model(tmp_path):
         assert "plain text" in out and "NOT encrypted" in out  # --insecure warns loudly
         model = MLP(64, 10)
         model.load_state_dict(torch.load(state / "final_model.pt"))  # plain torch, our own file
+        stats = json.loads((state / "stats.json").read_text())  # the operator's view of the traffic
+        assert stats["messages_accepted"] >= 3 * 2 and stats["rejected"] == {}, stats
+        assert "messages: " in out
 
 
 def test_sigterm_stops_cleanly_and_a_restart_resumes_from_the_checkpoint(tmp_path):

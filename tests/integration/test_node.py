@@ -155,3 +155,38 @@ async def test_run_before_start_is_a_clear_error(context):
 def test_msgpack_header_helper_round_trips():
     frames = model_frames(tiny_learner(0), sender="x", round=3)
     assert msgpack.unpackb(with_header(frames, round=4)[0])["round"] == 4
+
+
+async def test_a_context_made_inline_stays_alive_as_long_as_its_transport():
+    """``ZmqTransport(zmq.Context(), ...)``, as in the README: nothing else holds the context."""
+    import gc
+
+    schedule = StaticSchedule(build_topology("line", 2))
+    nodes = [
+        Node(NodeConfig(name=str(i), rounds=2, round_timeout=TIMEOUT), tiny_learner(i), schedule,
+             ZmqTransport(zmq.Context(), "tcp://127.0.0.1:0"))
+        for i in range(2)
+    ]
+    gc.collect()
+    async with nodes[0], nodes[1]:
+        nodes[0].add_peer("1", nodes[1].endpoint)
+        nodes[1].add_peer("0", nodes[0].endpoint)
+        histories = await asyncio.wait_for(asyncio.gather(*(n.run() for n in nodes)), 3 * TIMEOUT)
+    assert [[m.received_from for m in h] for h in histories] == [[("1",), ("1",)], [("0",), ("0",)]]
+
+
+async def test_an_extreme_but_finite_model_never_makes_the_node_send_nan(context, intruder):
+    """Finite 3e38 weights pass the wire checks, then overflow in training: the node
+    must notice, keep its weights finite, count it and go on."""
+    schedule = StaticSchedule(build_topology("line", 2))
+    async with make_node(context, "0", rounds=2, schedule=schedule) as node:
+        node.add_peer("1", "tcp://127.0.0.1:1")
+        sock = intruder(node.endpoint)
+        extreme = {k: np.full_like(v, 3e38) for k, v in tiny_learner(1).get_weights().items()}
+        for round_ in range(2):
+            await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=round_, tensors=extreme))
+        await node.wait_until(lambda s: s.messages_accepted == 2, TIMEOUT)
+        history = await asyncio.wait_for(node.run(), TIMEOUT)
+    assert [m.received_from for m in history] == [("1",)] * 2
+    assert node.stats.non_finite_models >= 1
+    assert all(np.isfinite(v).all() for v in node.learner.get_weights().values())

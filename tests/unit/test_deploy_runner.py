@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from p2pfl.deploy import runner
+from p2pfl.deploy.config import load_node_config
 from p2pfl.deploy.runner import NeighbourListSchedule, RoundRecorder
 from p2pfl.errors import ConfigError
 from p2pfl.node.peers import StartCondition
@@ -113,3 +114,19 @@ async def test_membership_reloads_when_the_file_changes_and_on_sighup(tmp_path, 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_static_topology_file_is_relative_to_node_toml_not_the_working_directory(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ab.edges").write_text("a b\n")
+    (site / "node.toml").write_text(
+        'name = "a"\nbind = "tcp://127.0.0.1:0"\nlearner = "mod:build"\ninsecure = true\n'
+        'topology = "ab.edges"\n[peers]\nb = "tcp://127.0.0.1:7999"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config, base = load_node_config(site / "node.toml")
+    membership = runner.load_membership(config, base)
+    assert membership.schedule.peers("a") == ("b",)
