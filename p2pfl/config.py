@@ -98,6 +98,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return value
         if typing.get_origin(option) in (tuple, list) and isinstance(value, (list, tuple)):
             return tuple(value)
+        if typing.get_origin(option) in (tuple, list) and typing.get_args(option)[:1] == (str,) \
+                and isinstance(value, str):
+            return (value,)  # one entry given as a plain string: fail = "node=3,round=10"
         if typing.get_origin(option) is dict and isinstance(value, dict):
             return dict(value)
     for option in options:  # strings from the command line: "10" for an int field

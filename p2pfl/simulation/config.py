@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from p2pfl.errors import ConfigError
@@ -74,8 +75,12 @@ class ExperimentConfig:
             raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
         if self.fanout < 0:
             raise ConfigError("fanout", f"must be >= 0 (0 = static topology), got {self.fanout}")
-        if not self.lr > 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError("lr", f"must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be in 0 .. 2**32-1 (numpy's seed range), got {self.seed}")
+        self._check_mixing()
+        self._check_device()
         if not 0 <= self.momentum < 1:
             raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -92,6 +97,31 @@ class ExperimentConfig:
         self._check_byzantine()
         self._check_privacy()
         self._check_secure_aggregation()
+
+    def _check_mixing(self) -> None:
+        from p2pfl.errors import TopologyError
+        from p2pfl.topology.mixing import resolve_mixing_method
+
+        try:
+            resolve_mixing_method(self.mixing)
+        except TopologyError as exc:
+            raise ConfigError("mixing", str(exc)) from None
+
+    def _check_device(self) -> None:
+        if self.device == "cpu":
+            return
+        import torch  # only for a device other than the CPU: importing p2pfl stays light
+
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError("device", f"{self.device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device", f"{self.device!r}, but this torch has no usable CUDA (built for "
+                f"{'CPU only' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}, "
+                f"{torch.cuda.device_count()} GPUs visible): use device = \"cpu\" or a CUDA build of torch",
+            )
 
     def _check_speeds(self) -> None:
         from p2pfl.node.records import check_mode

@@ -85,6 +85,11 @@ def test_dash_in_keys_equals_underscore() -> None:
         ("fanout", -1),
         ("lr", 0.0),
         ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("seed", -1),
+        ("seed", 2**32),
+        ("mixing", "foo"),
+        ("device", "tpu"),
         ("momentum", 1.0),
         ("momentum", -0.1),
         ("weight_decay", -0.1),
@@ -212,3 +217,18 @@ def test_unreadable_toml_is_a_config_error(tmp_path, kind: str) -> None:
         load_toml(ExperimentConfig, path)
     assert info.value.field == "config"
     assert str(path) in str(info.value)
+
+
+def test_cuda_is_refused_with_the_fix_when_torch_cannot_use_it() -> None:
+    import torch
+
+    if torch.cuda.is_available():  # a GPU machine: the config is fine
+        assert ExperimentConfig(device="cuda").device == "cuda"
+    else:
+        with pytest.raises(ConfigError, match='device: .*use device = "cpu"'):
+            ExperimentConfig(device="cuda")
+
+
+def test_a_single_crash_may_be_given_as_a_plain_string() -> None:
+    config = config_from_mapping(ExperimentConfig, parse_overrides(["fail=node=1,round=2", "nodes=4"]))
+    assert config.fail == ("node=1,round=2",)
