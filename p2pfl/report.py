@@ -41,7 +41,10 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
 
     rows = read_metrics(directory)
     to = to or directory
-    to.mkdir(parents=True, exist_ok=True)
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission ...
+        raise ConfigError("to", f"cannot make the folder {to} ({exc.strerror or exc}); give a folder you can write to") from None
     by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:

@@ -18,7 +18,10 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from p2pfl.data import format_label_counts, label_counts, load_dataset, partition
+    from p2pfl.errors import ConfigError
 
+    if args.nodes < 1:  # as `p2pfl simulate` says it, before loading any data
+        raise ConfigError("nodes", f"must be >= 1, got {args.nodes}")
     dataset = load_dataset(args.dataset, seed=args.seed, test_fraction=args.test_fraction)
     parts = partition(dataset.y_train, args.nodes, args.partition, seed=args.seed)
     counts = label_counts(dataset.y_train, parts, dataset.num_classes)

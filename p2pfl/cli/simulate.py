@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from p2pfl.config import config_from_mapping, load_toml, parse_overrides
@@ -105,11 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0
     # imported only now: config errors and --print-config need no torch or zmq
+    from p2pfl.simulation.recorder import make_out_dir
     from p2pfl.simulation.setup import build_experiment
     from p2pfl.simulation.simulator import simulate
 
-    # build first, so a bad topology or dataset fails before a progress bar is drawn
+    # build first, so a bad topology, dataset or --out fails before a progress bar is drawn
     experiment = build_experiment(config)
+    if config.out:
+        make_out_dir(Path(config.out))
     bar = None if args.quiet else _progress_bar(config.rounds)
     try:
         result = asyncio.run(
@@ -119,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     summary = result.summary
+    failed = f" ({len(summary['failed_nodes'])} failed)" if summary["failed_nodes"] else ""
     print(
-        f"{summary['nodes']} nodes, {summary['rounds_completed']} rounds in "
+        f"{summary['nodes']} nodes{failed}, {summary['rounds_completed']} rounds in "
         f"{summary['wall_seconds']:.1f}s: accuracy mean {summary['mean_accuracy']:.4f} "
         f"min {summary['min_accuracy']:.4f} max {summary['max_accuracy']:.4f}, "
         f"consensus distance {summary['consensus_distance']:.3g}"

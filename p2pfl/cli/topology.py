@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from p2pfl.errors import ConfigError
 
 
 def register(commands: Any) -> None:
@@ -14,7 +19,9 @@ def register(commands: Any) -> None:
     show = sub.add_parser("show", help="nodes, edges, degrees, diameter, spectral gap")
     _spec_arguments(show)
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.add_argument("--png", metavar="FILE", help="also draw the graph to FILE")
+    show.add_argument(
+        "--png", metavar="FILE", help="also draw the graph to FILE (.png, .svg, .pdf ...: the suffix picks the format)"
+    )
     show.set_defaults(handler=run_show)
 
     save = sub.add_parser("save", help="write a generated topology to a file (.graphml/.json/.txt)")
@@ -39,6 +46,8 @@ def _build(args: argparse.Namespace) -> Any:
 def run_show(args: argparse.Namespace) -> int:
     from p2pfl.topology import describe, draw_topology, format_description
 
+    if args.png:
+        _check_image_suffix(args.png)  # before any output
     topology = _build(args)
     description = describe(topology)
     if args.json:
@@ -46,16 +55,42 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         print(format_description(description))
     if args.png:
-        draw_topology(topology, args.png)
+        with _writing("png", args.png):
+            draw_topology(topology, args.png)
         if not args.json:
             print(f"drawn to {args.png}")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(field: str, path: str) -> Iterator[None]:
+    """Turn a failure to write ``path`` into a ConfigError naming the argument."""
+    try:
+        yield
+    except FileExistsError as exc:  # mkdir on a parent that is a file
+        raise ConfigError(field, f"cannot write {path}: {exc.filename} is a file, not a folder") from None
+    except OSError as exc:  # no permission, a read-only disk ...
+        raise ConfigError(field, f"cannot write {path} ({exc.strerror or exc})") from None
+
+
+def _check_image_suffix(path: str) -> None:
+    """Refuse a suffix matplotlib cannot write, rather than fail after the output."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix[1:] not in formats:
+        raise ConfigError(
+            "png", f"cannot draw to {path}: unknown image format {suffix!r}; use .png, .svg or .pdf "
+            f"(or any of {', '.join('.' + name for name in sorted(formats))})"
+        )
 
 
 def run_save(args: argparse.Namespace) -> int:
     from p2pfl.topology import write_topology_file
 
     topology = _build(args)
-    write_topology_file(topology.graph, args.file)
+    with _writing("file", args.file):
+        write_topology_file(topology.graph, args.file)
     print(f"wrote {topology.n} nodes, {topology.graph.number_of_edges()} edges to {args.file}")
     return 0

@@ -93,7 +93,7 @@ def _load_breast_cancer(image: bool) -> tuple[np.ndarray, np.ndarray, tuple[str,
     if image:
         raise DataError(
             "breast_cancer is tabular (30 features) and has no image form, so it cannot feed the "
-            "'cnn' model; load it with image=False and use 'mlp' or 'logreg'"
+            "cnn model, which needs an image dataset such as digits; use the mlp or logreg model"
         )
     bunch = load_breast_cancer()
     return bunch.data, bunch.target, tuple(str(t) for t in bunch.target_names)

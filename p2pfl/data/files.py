@@ -50,12 +50,20 @@ def read_csv(path: str | Path) -> RawData:
         Unsplit :class:`RawData` with ``float64`` features and string labels.
 
     Raises:
-        DataError: if the file is missing or empty, rows are ragged, a feature
-            cell is not a number, or a cell is empty.
+        DataError: if the file is missing, empty or not UTF-8 text, rows are
+            ragged, a feature cell is not a number, or a cell is empty.
     """
     path = _existing_file(path, "csv")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:  # e.g. an .npz or a spreadsheet given as csv:PATH
+        raise DataError(
+            f"csv file {path} is not UTF-8 text CSV (it holds bytes that are not UTF-8); "
+            "give a text CSV file, or a NumPy archive as npz:PATH"
+        ) from None
+    except csv.Error as exc:  # e.g. a field beyond the csv module's size limit
+        raise DataError(f"csv file {path} cannot be parsed as CSV: {exc}") from None
     if not rows:
         raise DataError(f"csv file {path} is empty; expected a header row and data rows")
     header = [name.strip() for name in rows[0]]

@@ -145,13 +145,14 @@ def partition(
         raise DataError(f"labels must be 1-D (one per sample), got shape {labels.shape}")
     n = labels.shape[0]
     if num_nodes < 1:
-        raise DataError(f"num_nodes must be >= 1, got {num_nodes}")
+        raise DataError(f"nodes must be >= 1, got {num_nodes}")
     if min_samples < 1:
         raise DataError(f"min_samples must be >= 1, got {min_samples}")
     if num_nodes * min_samples > n:
         raise DataError(
-            f"{num_nodes} nodes x min_samples {min_samples} needs {num_nodes * min_samples} samples "
-            f"but there are only {n}; use at most {n // min_samples} nodes or lower min_samples"
+            f"{num_nodes} nodes need at least {min_samples} training samples each ({num_nodes * min_samples} "
+            f"in all) but there are only {n}; use at most {n // min_samples} nodes, or more training "
+            "data (a larger dataset or a smaller test_fraction)"
         )
     rng = np.random.default_rng(seed)
     if parsed.kind == "iid":
@@ -199,7 +200,7 @@ def _dirichlet(
             return [np.concatenate(b) for b in buckets]
     raise DataError(
         f"dirichlet:{alpha:g} could not give each of {num_nodes} nodes at least {min_samples} samples "
-        f"in {MAX_TRIES} draws; use a larger alpha, fewer nodes, or a smaller min_samples"
+        f"in {MAX_TRIES} draws; use a larger alpha or fewer nodes"
     )
 
 
@@ -241,7 +242,7 @@ def _shards(
             return parts
     raise DataError(
         f"shards:{per_node} over {num_nodes} nodes could not give each node at least {min_samples} "
-        f"samples in {MAX_TRIES} deals; use more shards per node, fewer nodes, or a smaller min_samples"
+        f"samples in {MAX_TRIES} deals; use more shards per node or fewer nodes"
     )
 
 

@@ -115,6 +115,8 @@ class Node:
         self.transport = transport
         self.observer = observer
         self.presence = presence
+        self._reported_offline: dict[str, float] = {}  # when presence first said so
+        self._presence_since = 0.0  # when this node subscribed to presence
         self.checkpoint = checkpoint
         self.aggregator = aggregator
         self.peers = PeerTracker(schedule.peers(config.name))
@@ -123,6 +125,9 @@ class Node:
         self._executor = executor
         self._own_executor: ThreadPoolExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
+        # a node resumed from a checkpoint listens before it runs: judge what arrives by
+        # the round it resumes at, not round 0 (or its neighbours' models look too far ahead)
+        self._inbox.advance(config.start_round)
         self._fresh = LatestModels()  # async mode: each neighbour's newest unmerged model
         self._addresses: dict[str, str] = {}
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
@@ -164,7 +169,8 @@ class Node:
             self._own_executor = ThreadPoolExecutor(1, thread_name_prefix=f"p2pfl-{self.name}")
             self._executor = self._own_executor
         if self.presence is not None:
-            self.presence.subscribe(self._inbox.poke)
+            self._presence_since = time.monotonic()
+            self.presence.subscribe(self._on_presence_change)
         # Messages are handled straight from the socket's reader callback: no task of
         # its own to own, and no task wake-up per message.
         self.transport.listen(self._on_incoming)
@@ -608,7 +614,22 @@ class Node:
         """A peer thought down (missed a deadline, left, reported offline) or revoked."""
         if peer not in self.peers.peers or self.peers.is_suspected(peer):
             return True
-        return self.presence is not None and self.presence.is_offline(peer)
+        if self.presence is None or not self.presence.is_offline(peer):
+            return False
+        # Direct traffic newer than the broker's word wins: a broker that goes down
+        # publishes every member's Last Will, and then cannot say they are back. (What
+        # the broker held before we subscribed counts as said when we subscribed.)
+        reported = self._reported_offline.get(peer, self._presence_since)
+        return not self.peers.heard_since(peer, reported)
+
+    def _on_presence_change(self) -> None:
+        assert self.presence is not None
+        for peer in self.peers.peers:
+            if self.presence.is_offline(peer):
+                self._reported_offline.setdefault(peer, time.monotonic())
+            else:
+                self._reported_offline.pop(peer, None)
+        self._inbox.poke()  # a round under way reconsiders whom it waits for
 
     def _send_to(
         self, peers: tuple[str, ...], frames: list[bytes | memoryview], *, control: bool = False

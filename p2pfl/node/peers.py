@@ -117,6 +117,11 @@ class PeerTracker:
     def absent(self) -> list[str]:
         return [p for p in self.peers if p not in self._heard]
 
+    def heard_since(self, peer: str, moment: float) -> bool:
+        """Whether ``peer`` was heard from after ``moment`` (``time.monotonic()``)."""
+        entry = self._heard.get(peer)
+        return entry is not None and entry[0] > moment
+
     def last_round(self, peer: str) -> int | None:
         entry = self._heard.get(peer)
         return entry[1] if entry else None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Weights
 from p2pfl.node.records import RoundMetrics, json_line, metrics_row
 
@@ -39,6 +41,39 @@ def model_distances(models: Sequence[Weights]) -> np.ndarray:
         centred = stacked - stacked.mean(axis=0, dtype=np.float64)
         total += np.einsum("ij,ij->i", centred, centred)
     return total
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the results folder ``out_dir`` and its parents (if not there yet).
+
+    Raises:
+        ConfigError: (field ``out``) if it cannot be made, e.g. a file is in the way.
+    """
+    with _writing_out(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def open_metrics_file(out_dir: Path) -> IO[str]:
+    """Create ``out_dir`` if need be and open ``metrics.jsonl`` in it for writing.
+
+    Raises:
+        ConfigError: (field ``out``) if the folder cannot be made or written to.
+    """
+    make_out_dir(out_dir)
+    with _writing_out(out_dir):
+        return (out_dir / "metrics.jsonl").open("w")
+
+
+@contextlib.contextmanager
+def _writing_out(out_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except FileExistsError:  # mkdir on an existing file
+        raise ConfigError("out", f"{out_dir} is a file, not a folder; give a folder path for the results") from None
+    except OSError as exc:  # no permission, a parent that is a file, a read-only disk ...
+        raise ConfigError(
+            "out", f"cannot write {exc.filename or out_dir} ({exc.strerror or exc}); give a folder you can write to"
+        ) from None
 
 
 class MetricsRecorder:
@@ -77,8 +112,7 @@ class MetricsRecorder:
         self._closed: dict[int, asyncio.Event] = {}
         self._file: IO[str] | None = None
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self._file = (out_dir / "metrics.jsonl").open("w")
+            self._file = open_metrics_file(out_dir)
 
     def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None:
         self.final_weights[metrics.node] = weights

@@ -27,6 +27,7 @@ from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node, NodeConfig
 from p2pfl.node.peers import StartCondition
+from p2pfl.node.records import json_line
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
@@ -189,10 +190,17 @@ async def simulate(
     every_node = [node for lives in incarnations.values() for node in lives]
     for node in every_node:
         rejected.update(node.stats.rejected)
-    summary = _summary(config, experiment, recorder, every_node, wall, rejected)
+    failed = [name for name in experiment.names if name in outages and outages[name].recover_round is None]
+    summary = _summary(config, experiment, recorder, every_node, wall, rejected, failed)
     if out_dir is not None:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out_dir / "summary.json").write_text(summary_json(summary))
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """``summary.json``'s text: NaN/Inf (e.g. diverged models' distance) become null, as in
+    metrics.jsonl, since bare NaN is not JSON and strict readers refuse the file."""
+    return json.dumps(json.loads(json_line(summary)), indent=2) + "\n"
 
 
 def run_simulation(
@@ -255,6 +263,7 @@ def _summary(
     nodes: list[Node],
     wall: float,
     rejected: Counter[str],
+    failed: list[str],
 ) -> dict[str, Any]:
     final_round = [row for row in recorder.rows if row["round"] == config.rounds - 1]
     accuracies = [row["test_accuracy"] for row in final_round]
@@ -264,11 +273,8 @@ def _summary(
     return {
         "nodes": experiment.topology.n,
         "rounds": config.rounds,
-        # the last round every node finished (a node back from a crash skips rounds)
-        "rounds_completed": min(
-            max((m.round + 1 for node in nodes if node.name == name for m in node.history), default=0)
-            for name in experiment.names
-        ),
+        "failed_nodes": failed,  # crashed and never came back
+        "rounds_completed": _rounds_completed(nodes, [n for n in experiment.names if n not in failed]),
         "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,
@@ -290,3 +296,13 @@ def _summary(
         **privacy_summary(final_round, config.delta, experiment.learners),
         "config": to_dict(config),
     }
+
+
+def _rounds_completed(nodes: list[Node], alive: list[str]) -> int:
+    """The last round every node alive at the end finished: a node back from a crash
+    skips rounds, and one that crashed for good would pin the count at its crash."""
+    done: dict[str, int] = dict.fromkeys(alive, 0)
+    for node in nodes:
+        if node.name in done:
+            done[node.name] = max([done[node.name], *(m.round + 1 for m in node.history)])
+    return min(done.values(), default=0)

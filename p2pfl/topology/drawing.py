@@ -1,4 +1,4 @@
-"""Render a topology to a PNG file."""
+"""Render a topology to an image file (PNG, SVG, PDF ...: the suffix decides)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ LABEL_LIMIT = 40
 
 
 def draw_topology(topology: Topology, path: str | os.PathLike[str]) -> None:
-    """Draw ``topology`` to a PNG file.
+    """Draw ``topology`` to an image file, creating its folder if need be.
 
     Regular and ring-like graphs (all degrees equal, or at most 2) use a circular
     layout; others a spring layout with a fixed seed, so the picture is reproducible.
 
     Args:
         topology: the topology to draw.
-        path: destination PNG file.
+        path: destination file; its suffix picks the format (``.png``, ``.svg``, ``.pdf``
+            ...; PNG when it has none).
     """
     # Imported lazily: matplotlib is slow to import and only this function needs it.
     import matplotlib
@@ -59,5 +60,7 @@ def draw_topology(topology: Topology, path: str | os.PathLike[str]) -> None:
         # clip_on=False: long names at the rim would otherwise be cut at the axes edge.
         nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=8, clip_on=False)
     ax.margins(0.08)
-    fig.savefig(Path(path), format="png", dpi=100, bbox_inches="tight")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=path.suffix[1:].lower() or "png", dpi=100, bbox_inches="tight")
     fig.clear()

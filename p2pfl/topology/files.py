@@ -300,7 +300,7 @@ def normalise_graph(raw: nx.Graph, source: str = "graph") -> nx.Graph:
 
 
 def write_topology_file(graph: nx.Graph, path: str | os.PathLike[str]) -> None:
-    """Write ``graph`` in the format given by the extension of ``path``.
+    """Write ``graph`` in the format given by the extension of ``path``, creating its folder.
 
     GraphML and JSON keep every attribute. Edge lists keep node names and edge
     weights only; they write names as node labels (so names must not contain
@@ -316,6 +316,7 @@ def write_topology_file(graph: nx.Graph, path: str | os.PathLike[str]) -> None:
     """
     file = Path(path)
     suffix = _suffix(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".graphml":
         nx.write_graphml(graph, file)
     elif suffix == ".json":

@@ -18,6 +18,7 @@ from p2pfl.topology.spec import normalise_name
 __all__ = [
     "MIXING_METHODS",
     "check_connected",
+    "check_spectral_gap",
     "max_degree_weights",
     "metropolis_hastings_weights",
     "mixing_matrix",
@@ -165,8 +166,8 @@ def validate_mixing(w: np.ndarray, graph: nx.Graph) -> None:
     """Check that ``w`` is a usable mixing matrix for ``graph``.
 
     Checks, in order: square, sized like the graph, finite, nonnegative, symmetric,
-    rows and columns summing to 1, nonzero only on edges and the diagonal, and the
-    graph connected.
+    rows and columns summing to 1, nonzero only on edges and the diagonal, the graph
+    connected, and a positive spectral gap (see :func:`check_spectral_gap`).
 
     Raises:
         TopologyError: naming the first offending entry, row or column and its value.
@@ -217,3 +218,37 @@ def validate_mixing(w: np.ndarray, graph: nx.Graph) -> None:
                 f"{_who(graph, int(j))} are not linked; weights are allowed only on edges and the diagonal"
             )
     check_connected(graph)
+    check_spectral_gap(w, graph)
+
+
+def check_spectral_gap(w: np.ndarray, graph: nx.Graph) -> None:
+    """Raise if the valid mixing matrix ``w`` has spectral gap 0 (gossip never converges).
+
+    Decided exactly from which weights are positive, without an O(n^3) floating-point
+    eigendecomposition: for a symmetric stochastic ``w``, eigenvalue 1 repeats iff the
+    positive weights leave the nodes disconnected, and -1 is an eigenvalue iff they form
+    a bipartite graph with no positive self weight (the models then swap back and forth).
+
+    Raises:
+        TopologyError: saying which of the two it is and how to fix the weights.
+    """
+    support = nx.Graph()
+    support.add_nodes_from(range(w.shape[0]))
+    support.add_edges_from((int(i), int(j)) for i, j in np.argwhere(w > NEGATIVE_TOL) if i <= j)
+    gap_zero = "mixing matrix has spectral gap 0 (second-largest |eigenvalue| = 1)"
+    if not nx.is_connected(support):
+        part = min(nx.connected_components(support), key=lambda c: (len(c), min(c)))
+        first = _who(graph, min(part))
+        who = f"{first} exchanges" if len(part) == 1 else f"{first} and {len(part) - 1} more exchange"
+        raise TopologyError(
+            f"{gap_zero}: {who} nothing with the other nodes, as the edges between them "
+            "have weight 0, so gossip never averages across; give those edges positive weights, "
+            "e.g. use mixing='metropolis'"
+        )
+    if nx.is_bipartite(support):  # a positive self weight is a self-loop: never bipartite
+        raise TopologyError(
+            f"{gap_zero}: the positive weights form a bipartite graph and every self weight is 0, so "
+            "the two sides swap models each round and gossip oscillates instead of converging; give "
+            "nodes positive self weights (neighbour weights summing to less than 1), "
+            "e.g. use mixing='metropolis'"
+        )

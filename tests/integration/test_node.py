@@ -190,3 +190,57 @@ async def test_an_extreme_but_finite_model_never_makes_the_node_send_nan(context
     assert [m.received_from for m in history] == [("1",)] * 2
     assert node.stats.non_finite_models >= 1
     assert all(np.isfinite(v).all() for v in node.learner.get_weights().values())
+
+
+async def test_a_resumed_node_takes_its_neighbours_models_that_arrive_before_it_runs(context, intruder):
+    schedule = StaticSchedule(build_topology("line", 2))
+    config = NodeConfig(name="0", rounds=10, round_timeout=TIMEOUT, start_round=6)
+    async with Node(config, tiny_learner(0), schedule, ZmqTransport(context, "tcp://127.0.0.1:0")) as node:
+        node.add_peer("1", "tcp://127.0.0.1:1")
+        sock = intruder(node.endpoint)
+        for round_ in (6, 7):  # the neighbour is at round 7 already
+            await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=round_))
+        await node.wait_until(lambda s: s.messages_accepted + sum(s.rejected.values()) == 2, TIMEOUT)
+        assert node.stats.messages_accepted == 2, node.stats.rejected
+        history = await asyncio.wait_for(node.run(until_round=7), TIMEOUT)
+    assert [(m.round, m.received_from) for m in history] == [(6, ("1",)), (7, ("1",))]
+
+
+class _FakePresence:
+    """Says what a test tells it, like a broker that published a member's Last Will."""
+
+    def __init__(self, offline: set[str]) -> None:
+        self.offline = offline
+        self.callbacks = []
+
+    def is_offline(self, peer: str) -> bool:
+        return peer in self.offline
+
+    def subscribe(self, callback) -> None:
+        self.callbacks.append(callback)
+
+
+async def test_a_neighbour_heard_directly_after_the_broker_called_it_offline_is_waited_for(context, intruder):
+    # the broker went down and published every Last Will: "1" is "offline" for good, yet alive
+    presence = _FakePresence({"1"})
+    round_done = asyncio.Event()
+
+    class Observer:
+        def on_round_end(self, metrics, weights) -> None:
+            round_done.set()
+
+    schedule = StaticSchedule(build_topology("line", 2))
+    config = NodeConfig(name="0", rounds=2, round_timeout=TIMEOUT)
+    node = Node(config, tiny_learner(0), schedule, ZmqTransport(context, "tcp://127.0.0.1:0"),
+                presence=presence, observer=Observer())
+    async with node:
+        node.add_peer("1", "tcp://127.0.0.1:1")
+        sock = intruder(node.endpoint)
+        await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=0))
+        await node.wait_until(lambda s: s.messages_accepted == 1, TIMEOUT)
+        run = asyncio.create_task(node.run())
+        await asyncio.wait_for(round_done.wait(), TIMEOUT)
+        # round 1 must wait for this (it would not, if the stale "offline" still won)
+        await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=1))
+        history = await asyncio.wait_for(run, TIMEOUT)
+    assert [m.received_from for m in history] == [("1",), ("1",)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_digits_image_shape_matches_flat() -> None:
 
 
 def test_breast_cancer_has_no_image_form() -> None:
-    with pytest.raises(DataError, match="image=False"):
+    with pytest.raises(DataError, match="needs an image dataset such as digits; use the mlp or logreg model"):
         load_dataset("breast_cancer", image=True)
 
 
@@ -94,7 +95,7 @@ def test_unknown_name_lists_choices() -> None:
 # --- CSV ---------------------------------------------------------------------
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]]) -> Path:
     lines = [",".join(header)] + [",".join(str(v) for v in r) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -142,7 +142,7 @@ def test_dirichlet_small_alpha_more_skewed(digits_labels: np.ndarray) -> None:
 
 def test_dirichlet_impossible_min_samples() -> None:
     labels = np.repeat(np.arange(10), 10)  # 100 samples
-    with pytest.raises(DataError, match="use a larger alpha, fewer nodes"):
+    with pytest.raises(DataError, match="use a larger alpha or fewer nodes"):
         partition(labels, 20, "dirichlet:0.001", seed=0, min_samples=5)
 
 
@@ -178,7 +178,7 @@ def test_quantity_sizes_vary(digits_labels: np.ndarray) -> None:
 
 
 def test_argument_errors(digits_labels: np.ndarray) -> None:
-    with pytest.raises(DataError, match="num_nodes must be >= 1"):
+    with pytest.raises(DataError, match="^nodes must be >= 1"):
         partition(digits_labels, 0, "iid", seed=0)
     with pytest.raises(DataError, match=r"use at most 5 nodes"):
         partition(np.arange(10) % 2, 6, "iid", seed=0, min_samples=2)

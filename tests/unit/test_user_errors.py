@@ -1,0 +1,194 @@
+"""Mistakes a user makes end in one clear project error, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from p2pfl.cli.main import EXIT_CODES, main
+from p2pfl.data import load_dataset, partition
+from p2pfl.errors import ConfigError, DataError
+from p2pfl.simulation.recorder import MetricsRecorder
+from p2pfl.simulation.setup import check_model_fits, make_model
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# --- data ----------------------------------------------------------------------
+
+
+def test_a_binary_file_given_as_csv_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "file.npz"
+    np.savez(path, x=np.zeros((3, 2)), y=np.arange(3))
+    with pytest.raises(DataError, match=r"csv file .*file\.npz is not UTF-8 text CSV"):
+        load_dataset(f"csv:{path}")
+
+
+def test_partition_errors_name_what_a_user_can_change() -> None:
+    with pytest.raises(DataError) as too_many:
+        partition(np.arange(10) % 2, 6, "iid", seed=0)
+    with pytest.raises(DataError) as dirichlet:
+        partition(np.repeat(np.arange(10), 10), 20, "dirichlet:0.001", seed=0)
+    for exc in (too_many, dirichlet):
+        assert "min_samples" not in str(exc.value)
+    assert "use at most 5 nodes" in str(too_many.value)
+    assert "larger alpha or fewer nodes" in str(dirichlet.value)
+
+
+def test_data_command_with_no_nodes_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "--nodes", "0"]) == EXIT_CODES[ConfigError]
+    assert one_error_line(capsys) == "p2pfl: error: nodes: must be >= 1, got 0\n"
+
+
+# --- output paths ------------------------------------------------------------------
+
+
+def test_out_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ConfigError, match=r"^out: .*taken is a file, not a folder"):
+        MetricsRecorder(["a"], taken)
+    with pytest.raises(ConfigError, match=r"^out: cannot write .*taken/sub"):
+        MetricsRecorder(["a"], taken / "sub")
+
+
+def test_simulate_out_that_is_a_file_fails_before_the_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["simulate", "--nodes", "3", "--rounds", "1", "--out", str(taken)]) == EXIT_CODES[ConfigError]
+    assert "out: " in one_error_line(capsys)
+
+
+def test_topology_drawing_creates_folders_and_follows_the_suffix(tmp_path: Path) -> None:
+    png = tmp_path / "new" / "dir" / "g.png"
+    svg = tmp_path / "g.svg"
+    assert main(["topology", "show", "ring", "--nodes", "5", "--png", str(png)]) == 0
+    assert main(["topology", "show", "ring", "--nodes", "5", "--png", str(svg)]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+def test_topology_drawing_refuses_an_unknown_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topology", "show", "ring", "--nodes", "5", "--png", str(tmp_path / "g.xyz")]) == 2
+    assert "unknown image format '.xyz'" in one_error_line(capsys)
+    (tmp_path / "file").write_text("")
+    assert main(["topology", "show", "ring", "--nodes", "5", "--png", str(tmp_path / "file" / "g.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_topology_save_creates_folders_and_names_a_blocked_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["topology", "save", "ring", "--nodes", "5", str(tmp_path / "new" / "r.txt")]) == 0
+    assert (tmp_path / "new" / "r.txt").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["topology", "save", "ring", "--nodes", "5", str(tmp_path / "file" / "r.txt")]) == 2
+    assert "file: cannot write" in capsys.readouterr().err
+
+
+def test_report_to_a_path_under_a_file_is_a_config_error(tmp_path: Path) -> None:
+    from p2pfl.report import write_report
+
+    (tmp_path / "metrics.jsonl").write_text('{"node": "0", "round": 0}\n')
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="^to: cannot make the folder"):
+        write_report(tmp_path, tmp_path / "file" / "plots")
+
+
+# --- user models ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A package in the current folder, which is not on sys.path (as for the console script)."""
+    name = f"userpkg_{uuid.uuid4().hex[:8]}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "models.py").write_text(
+        "from torch import nn\n"
+        "def build(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], num_classes))\n"
+        "def wrong_size(input_shape, num_classes):\n"
+        "    return nn.Linear(10, num_classes)\n"
+        "def float64(input_shape, num_classes):\n"
+        "    return nn.Linear(input_shape[0], num_classes).double()\n"
+        "def image(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(144, num_classes))\n"
+        "def broken(input_shape, num_classes):\n"
+        "    raise RuntimeError('needs a GPU')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    return name
+
+
+def test_a_model_package_in_the_current_folder_is_found_and_sys_path_restored(user_package: str) -> None:
+    before = list(sys.path)
+    model = make_model(f"{user_package}.models:build", (64,), 10)
+    assert isinstance(model, nn.Module)
+    assert sys.path == before
+
+
+def test_a_builder_that_raises_is_a_config_error(user_package: str) -> None:
+    with pytest.raises(ConfigError, match=r"^model: .*models:broken\(\(64,\), 10\) raised RuntimeError: needs a GPU"):
+        make_model(f"{user_package}.models:broken", (64,), 10)
+    with pytest.raises(ConfigError, match=r"^model: cannot load 'nowhere_\w+:f' \(ModuleNotFoundError"):
+        make_model(f"nowhere_{uuid.uuid4().hex[:8]}:f", (64,), 10)
+
+
+@pytest.mark.parametrize(
+    ("function", "needle"),
+    [("wrong_size", "shapes cannot be multiplied"), ("float64", "dtype"), ("image", "conv2d")],
+)
+def test_a_model_that_does_not_fit_the_data_fails_in_one_line(
+    user_package: str, function: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", "--quiet", "--nodes", "3", "--rounds", "1", "--model", f"{user_package}.models:{function}"])
+    assert code == EXIT_CODES[ConfigError]
+    line = one_error_line(capsys)
+    assert needle in line
+    # says the inputs are flat, which a user writing a CNN needs to know
+    assert "inputs of shape (batch, 64) (flat features" in line and "return (batch, 10) class scores" in line
+
+
+def test_cnn_on_flat_data_says_it_needs_an_image_dataset() -> None:
+    with pytest.raises(ConfigError, match="cnn model needs an image dataset such as digits") as exc:
+        make_model("cnn", (30,), 2)
+    assert "image=True" not in str(exc.value)
+
+
+class _Noisy(nn.Module):
+    """Dropout draws from torch's RNG; batch norm updates its statistics in training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(64)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.norm(x)))
+
+
+def test_the_model_check_leaves_the_rng_and_the_model_untouched() -> None:
+    dataset = load_dataset("digits")
+    model = _Noisy()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    check_model_fits("noisy", model, dataset, np.arange(16), "cpu")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
