@@ -59,13 +59,19 @@ def run_rehearse(args: argparse.Namespace) -> int:
         extra_args=("--insecure",) if args.insecure else (),
     )
     summary = result.summary
-    for name, accuracy in summary["accuracy_by_member"].items():
+    accuracy_of = summary["accuracy_by_member"]
+    for name in sorted({*accuracy_of, *result.returncodes}):
         code = result.returncodes.get(name)
-        print(f"{name:<20} accuracy {accuracy:.4f}  exit {code if code is not None else 'killed'}")
+        accuracy = accuracy_of.get(name)
+        shown = f"{accuracy:.4f}" if accuracy is not None else "none  "  # failed before a round
+        print(f"{name:<20} accuracy {shown}  exit {code if code is not None else 'killed'}")
+    mean = summary["mean_accuracy"]
     print(f"{summary['nodes']} members, {summary['rounds_completed']} rounds in {summary['wall_seconds']:.1f}s: "
-          f"mean accuracy {summary['mean_accuracy']:.4f}; logs in {args.out}/logs, "
+          f"mean accuracy {'none' if mean is None else f'{mean:.4f}'}; logs in {args.out}/logs, "
           f"report with: p2pfl report {args.out}")
     failed = [name for name, code in result.returncodes.items() if code != 0]
+    if failed:
+        print(f"failed: {', '.join(sorted(failed))} (see their logs in {args.out}/logs)")
     return 1 if failed else 0
 
 

@@ -222,3 +222,19 @@ def test_compose_and_dockerfile_install_cpu_torch_first_and_mount_bundles_read_o
     compose = (DEPLOY / "docker-compose.yml").read_text()
     for name in ("alice", "bob", "carol"):
         assert f"/{name}:/bundle:ro" in compose and f"{name}-state:/state" in compose
+
+
+def test_rehearse_reports_members_that_failed_before_any_round(monkeypatch, tmp_path: Path, capsys) -> None:
+    from p2pfl.cli.main import main
+    from p2pfl.consortium import rehearsal
+
+    def every_member_fails(description, out, **kwargs):
+        summary = {"accuracy_by_member": {}, "nodes": 2, "rounds_completed": 0,
+                   "wall_seconds": 1.0, "mean_accuracy": None}
+        return rehearsal.RehearsalResult(Path(out), summary, {"a": 2, "b": 2})
+
+    monkeypatch.setattr(rehearsal, "rehearse", every_member_fails)
+    assert main(["consortium", "rehearse", str(tmp_path / "d.toml"), "--out", str(tmp_path / "r")]) == 1
+    printed = capsys.readouterr().out
+    assert "a                    accuracy none    exit 2" in printed
+    assert "mean accuracy none" in printed and "failed: a, b" in printed
