@@ -120,7 +120,10 @@ async def _retry(attempt: Callable[[], Awaitable[T]], timeout: float | None, wha
             raise TransportError(
                 f"cannot reach MQTT broker {what} after {tries} tries in {timeout:g} s: {error}"
             ) from None
-        log.debug("MQTT broker %s not reachable (%s); retrying in %.2f s", what, error, pause)
+        # the first failure and then every fifth are worth a line: the node is waiting on it
+        level = logging.WARNING if tries == 1 or tries % 5 == 0 else logging.DEBUG
+        log.log(level, "MQTT broker %s not reachable (%s, try %d)%s; retrying in %.1f s", what, error, tries,
+                "" if timeout is None else f", giving up after {timeout:g} s", pause)
         await asyncio.sleep(pause)
 
 
