@@ -47,6 +47,12 @@ def run_init(args: argparse.Namespace) -> int:
     consortium = load_consortium(out / CONSORTIUM_FILE)
     print(f"consortium {consortium.name}: {len(bundles)} bundles in {out}")
     _print_members(consortium, out)
+    if bundles.replaced:
+        print(f"replaced {len(bundles.replaced)} files init writes; everything else in the bundles is untouched")
+    for path in bundles.removed:
+        print(f"removed {path} (no longer a member)")
+    for path, keys in bundles.changed_settings.items():
+        print(f"warning: {path}: {', '.join(keys)} changed or dropped; put lasting settings in the description")
     print("send each organisation only its own bundle directory (it holds its secret key)")
     return 0
 

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from p2pfl.consortium.bundle import init_consortium, node_document
+from p2pfl.consortium.bundle import InitResult, init_consortium, node_document
 from p2pfl.consortium.check import check_bundles
 from p2pfl.consortium.description import (
     Description,
@@ -31,6 +31,7 @@ from p2pfl.consortium.public import (
 __all__ = [
     "Consortium",
     "Description",
+    "InitResult",
     "Member",
     "MemberSpec",
     "TrainingSettings",

@@ -11,16 +11,22 @@ Layout of ``OUT``::
     OUT/<member>/keys/<member>.key_secret  secret key (0600), only in this bundle
     OUT/<member>/state/           empty; the node's checkpoints and metrics go here
 
-Each organisation receives only its own ``OUT/<member>`` directory.
+Each organisation receives only its own ``OUT/<member>`` directory. Re-running init
+with ``force`` replaces only these files (see :func:`bundle_files`): anything else in a
+bundle (the organisation's learner module, ``state/``, notes) is left alone.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from p2pfl.consortium._parse import write_atomically
 from p2pfl.consortium._toml import dumps
@@ -30,11 +36,13 @@ from p2pfl.errors import ConfigError
 
 __all__ = [
     "CONSORTIUM_FILE",
+    "InitResult",
     "KEYS_DIR",
     "NODE_FILE",
     "NODE_KEYS",
     "STATE_DIR",
     "TOPOLOGY_FILE",
+    "bundle_files",
     "init_consortium",
     "node_document",
 ]
@@ -64,9 +72,47 @@ NODE_KEYS = (
 )
 
 
+@dataclass(frozen=True)
+class InitResult(Sequence[Path]):
+    """What init wrote: a sequence of the bundle directories (in member order), plus
+    what a re-run (``force``) replaced or removed.
+
+    Attributes:
+        bundles: ``OUT/<member>`` for every member, in member order.
+        replaced: files that existed and were overwritten.
+        removed: files of former members' bundles that were deleted (their keys included).
+        changed_settings: node.toml -> the keys whose old value differs from the new one
+            or that the new file drops (a hand edit there is lost).
+    """
+
+    bundles: tuple[Path, ...]
+    replaced: tuple[Path, ...] = ()
+    removed: tuple[Path, ...] = ()
+    changed_settings: dict[Path, tuple[str, ...]] = field(default_factory=dict)
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | Sequence[Path]:
+        return self.bundles[index]
+
+    def __len__(self) -> int:
+        return len(self.bundles)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.bundles)
+
+
+def bundle_files(name: str) -> tuple[str, ...]:
+    """The files init writes into member ``name``'s bundle (relative to it), and the only
+    ones a forced re-run overwrites; ``state/`` is created when missing, never emptied."""
+    return (NODE_FILE, CONSORTIUM_FILE, TOPOLOGY_FILE, f"{KEYS_DIR}/{name}.key", f"{KEYS_DIR}/{name}.key_secret")
+
+
 def init_consortium(
     description_path: str | Path, out_dir: str | Path, *, force: bool = False, keep_keys: bool = False
-) -> list[Path]:
+) -> InitResult:
     """Write every member's bundle for the consortium described in ``description_path``.
 
     Everything is written to a staging folder inside ``out_dir`` first and moved into
@@ -75,14 +121,15 @@ def init_consortium(
     Args:
         description_path: the description TOML.
         out_dir: where the bundles go; created if missing.
-        force: rewrite an ``out_dir`` that already holds files. Bundles of members no
-            longer described are removed (their keys are revoked by the new
-            consortium.toml anyway); other files in ``out_dir`` are left alone.
+        force: rewrite an ``out_dir`` that already holds files: only the files init
+            writes (:func:`bundle_files`) are replaced, everything else in a bundle is
+            left alone. A member no longer described loses those files, its key pair
+            included (the new consortium.toml revokes it anyway); its other files stay.
         keep_keys: reuse each member's key pair found in ``out_dir`` (a member without
             one gets a new pair), so adding a member does not rotate everyone's keys.
 
     Returns:
-        The bundle directories, in member order.
+        The bundle directories, in member order, with the files replaced or removed.
 
     Raises:
         ConfigError: invalid description, ``out_dir`` not empty without ``force``, or a
@@ -133,11 +180,14 @@ def init_consortium(
             write_atomically(bundle / NODE_FILE, dumps(node_document(description, index)), 0o644)
             # Exists up front so a read-only bundle mount can take a state volume on top.
             (bundle / STATE_DIR).mkdir(mode=0o700)
-        _move_into_place(staging, out, description)
+        _check_targets(out, description)
+        result = _move_into_place(staging, out, description)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d bundles for %s to %s", len(description.members), description.name, out)
-    return [out / spec.name for spec in description.members]
+    if result.replaced:
+        log.info("replaced %s", ", ".join(str(p) for p in result.replaced))
+    return result
 
 
 def node_document(description: Description, index: int) -> dict[str, Any]:
@@ -192,23 +242,88 @@ def _existing_keypair(out: Path, name: str) -> Any:
     return pair
 
 
-def _move_into_place(staging: Path, out: Path, description: Description) -> None:
-    names = set(description.names)
-    for old in sorted(out.iterdir()):
-        # A directory with a node.toml is a bundle we wrote earlier for a member who is gone.
-        if old.is_dir() and old.name not in names and (old / NODE_FILE).is_file() and old != staging:
-            log.info("removing the bundle of former member %s", old.name)
-            shutil.rmtree(old)
+def _check_targets(out: Path, description: Description) -> None:
+    """Refuse before moving anything when a folder sits where init writes a file."""
+    targets = [out / TOPOLOGY_FILE, out / CONSORTIUM_FILE]
+    for name in description.names:
+        if (out / name).is_dir():
+            targets.extend(out / name / file for file in bundle_files(name))
+    for target in targets:
+        if target.is_dir() and not target.is_symlink():
+            raise ConfigError("out", f"{target} is a directory where init writes a file: move it away and re-run")
+
+
+def _move_into_place(staging: Path, out: Path, description: Description) -> InitResult:
+    replaced: list[Path] = []
+    changed: dict[Path, tuple[str, ...]] = {}
+    removed = _remove_former_members(out, set(description.names), staging)
     for name in description.names:
         target = out / name
         if target.is_dir() and not target.is_symlink():
-            if (target / STATE_DIR).is_dir():
-                # a node run straight from OUT keeps its checkpoints across re-inits
-                (staging / name / STATE_DIR).rmdir()
-                (target / STATE_DIR).rename(staging / name / STATE_DIR)
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
+            _update_bundle(staging / name, target, bundle_files(name), replaced, changed)
+            continue
+        if target.exists() or target.is_symlink():  # a file or a link where the bundle goes
             target.unlink()
+            replaced.append(target)
         (staging / name).rename(target)
     for file in (TOPOLOGY_FILE, CONSORTIUM_FILE):  # consortium.toml last: it refers to the graph
+        if (out / file).exists():
+            replaced.append(out / file)
         (staging / file).replace(out / file)
+    return InitResult(tuple(out / n for n in description.names), tuple(replaced), tuple(removed), changed)
+
+
+def _update_bundle(
+    new: Path, target: Path, files: Sequence[str], replaced: list[Path], changed: dict[Path, tuple[str, ...]]
+) -> None:
+    """Move init's own files from ``new`` over those in ``target``; nothing else is touched."""
+    for relative in files:
+        source, destination = new / relative, target / relative
+        if not destination.parent.exists():
+            destination.parent.mkdir(mode=0o700)  # keys/: only the owner may list it
+        if destination.exists() or destination.is_symlink():
+            replaced.append(destination)
+            if relative == NODE_FILE:
+                differing = _changed_settings(destination, source)
+                if differing:
+                    changed[destination] = differing
+                    log.warning(
+                        "%s replaced: the new file changes %s (a hand edit there is lost; "
+                        "put lasting settings in the description)", destination, ", ".join(differing),
+                    )
+        os.replace(source, destination)
+    # Exists up front so a read-only bundle mount can take a state volume on top.
+    (target / STATE_DIR).mkdir(mode=0o700, exist_ok=True)
+
+
+def _changed_settings(old: Path, new: Path) -> tuple[str, ...]:
+    """The node.toml keys whose value ``new`` changes or drops (all of them if ``old`` is unreadable)."""
+    fresh = tomllib.loads(new.read_text())
+    try:
+        before = tomllib.loads(old.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ("(unreadable file)",)
+    return tuple(sorted(key for key in before.keys() | fresh.keys() if before.get(key) != fresh.get(key)))
+
+
+def _remove_former_members(out: Path, names: set[str], staging: Path) -> list[Path]:
+    """Delete init's files from the bundles of members no longer described.
+
+    A directory with a node.toml is a bundle init wrote for a member who is gone; its
+    key pair goes, other files stay (the folder goes too once nothing else is left).
+    """
+    removed: list[Path] = []
+    for old in sorted(out.iterdir()):
+        if old == staging or old.name in names or not old.is_dir() or not (old / NODE_FILE).is_file():
+            continue
+        for relative in bundle_files(old.name):
+            path = old / relative
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        for folder in (old / KEYS_DIR, old / STATE_DIR, old):  # only if empty: never others' files
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        kept = " (other files in it were left)" if old.exists() else ""
+        log.info("removed the bundle of former member %s%s", old.name, kept)
+    return removed

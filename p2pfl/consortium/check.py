@@ -12,6 +12,7 @@ from typing import Any
 
 from p2pfl.consortium._parse import read_toml
 from p2pfl.consortium.bundle import CONSORTIUM_FILE, KEYS_DIR, NODE_FILE, NODE_KEYS
+from p2pfl.consortium.description import secure_neighbourhood_errors
 from p2pfl.consortium.public import Consortium, Member, load_consortium, load_consortium_topology
 from p2pfl.errors import P2PFLError
 
@@ -25,7 +26,8 @@ def check_bundles(out_dir: str | Path) -> list[str]:
     after the members, endpoints unique, and for each member's bundle: node.toml has
     every field and names this member, consortium.toml and the topology file are
     identical to ``out_dir``'s, the secret key is mode 0600 and belongs to the public key
-    listed for the member, and no other member's secret key is in it.
+    listed for the member, and no other member's secret key is in it; and that every
+    member whose node.toml turns on secure aggregation has enough neighbours for it.
 
     Returns:
         One line per problem, each starting with what it concerns; empty if all is well.
@@ -39,8 +41,9 @@ def check_bundles(out_dir: str | Path) -> list[str]:
     except P2PFLError as exc:
         return [f"{public}: {exc}"]  # nothing else can be checked against an unreadable list
     problems: list[str] = []
+    topology = None
     try:
-        load_consortium_topology(public)
+        _, topology = load_consortium_topology(public)
     except P2PFLError as exc:  # disconnected, unreadable, or nodes != members
         problems.append(f"topology: {exc}")
     problems.extend(_duplicate_endpoints(consortium))
@@ -52,7 +55,23 @@ def check_bundles(out_dir: str | Path) -> list[str]:
             f"{member.name}: {problem}"
             for problem in _check_bundle(out / member.name, index, member, consortium, reference, graph)
         )
+    if topology is not None:
+        problems.extend(_secure_aggregation_problems(out, consortium, topology))
     return problems
+
+
+def _secure_aggregation_problems(out: Path, consortium: Consortium, topology: Any) -> list[str]:
+    """The refusal each node with secure aggregation on would log at start."""
+    secure = [m.name for m in consortium.members if _secure_aggregation_on(out / m.name / NODE_FILE)]
+    errors = secure_neighbourhood_errors(topology, secure)
+    return [f"{name}: {out / name / NODE_FILE}: {error}" for name, error in errors.items()]
+
+
+def _secure_aggregation_on(node_file: Path) -> bool:
+    try:
+        return read_toml(node_file, "node").get("secure_aggregation") is True
+    except P2PFLError:  # an unreadable node.toml is reported by _check_bundle
+        return False
 
 
 def _duplicate_endpoints(consortium: Consortium) -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "endpoint_for",
     "load_description",
     "parse_description",
+    "secure_neighbourhood_errors",
 ]
 
 CONSORTIUM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -48,7 +49,7 @@ class TrainingSettings:
     torch_threads: int = 0  # torch intra-op threads per node (0 = all cores; 1 when many share a machine)
     start: str = "all"  # all | min:N | at:ISO-8601 UTC time
     learner: str = ""  # module:function each organisation's node calls to build its learner
-    learner_args: dict[str, Any] = field(default_factory=dict)  # keyword args; init adds index
+    learner_args: dict[str, Any] = field(default_factory=dict)  # keyword args; init adds index (passed if taken)
     discovery: str = ""  # optional mqtt://host:port for live membership
     secure_aggregation: bool = False  # masked models: a member learns only its neighbours' weighted sum
 
@@ -205,7 +206,7 @@ def parse_description(values: Mapping[str, Any], *, directory: Path = Path("."))
         raise ConfigError("name", "missing; give the consortium a name (letters, digits, - and _)")
     if not CONSORTIUM_NAME.fullmatch(header.name):
         raise ConfigError(
-            "name", f"{header.name!r}: use letters, digits, '-' and '_', starting with a letter or digit"
+            "name", f"{header.name!r}: use ASCII letters, digits, '-' and '_', starting with a letter or digit"
         )
     if header.seed < 0:
         raise ConfigError("seed", f"must be >= 0, got {header.seed}")
@@ -248,7 +249,9 @@ def build_description_topology(description: Description) -> Any:
 
     Raises:
         TopologyError: the spec, file or graph is unusable (e.g. disconnected).
-        ConfigError: a topology file's node names differ from the member names.
+        ConfigError: a topology file's node names differ from the member names, or a
+            member with secure aggregation has too few neighbours (its node would refuse
+            to start).
     """
     import networkx as nx
 
@@ -283,7 +286,42 @@ def build_description_topology(description: Description) -> Any:
         graph.add_edge(position[u], position[v], **data)
     # Re-ordering nodes permutes the mixing matrix the same way; no need to recompute it.
     mixing = np.asarray(built.mixing)[np.ix_(order, order)]
-    return Topology(graph=graph, mixing=mixing, spec=description.topology, mixing_method=built.mixing_method)
+    topology = Topology(graph=graph, mixing=mixing, spec=description.topology, mixing_method=built.mixing_method)
+    _check_secure_aggregation(description, topology)
+    return topology
+
+
+def secure_neighbourhood_errors(topology: Any, names: list[str]) -> dict[str, ConfigError]:
+    """The error each of ``names`` would stop with at start, were it to run secure
+    aggregation on ``topology``: those with fewer than 3 neighbours."""
+    from p2pfl.deploy.config import require_secure_neighbourhood
+    from p2pfl.topology import StaticSchedule
+
+    schedule = StaticSchedule(topology)  # what a node builds from the consortium's graph
+    errors = {}
+    for name in names:
+        try:
+            require_secure_neighbourhood(schedule.plan(name, 0))
+        except ConfigError as exc:
+            errors[name] = exc
+    return errors
+
+
+def _check_secure_aggregation(description: Description, topology: Any) -> None:
+    """Refuse what every such node would refuse at start, naming all the members concerned."""
+    secure = [m.name for m in description.members if m.training.secure_aggregation]
+    errors = secure_neighbourhood_errors(topology, secure)
+    if not errors:
+        return
+    first = next(iter(errors))
+    where = (
+        "training.secure_aggregation" if description.training.secure_aggregation
+        else f"members[{description.names.index(first)}].training.secure_aggregation"
+    )
+    raise ConfigError(
+        where, f"{message(errors[first])}; members with too few neighbours: {', '.join(errors)}. "
+        "Give each at least 3 neighbours (e.g. topology = \"complete\") or turn secure_aggregation off",
+    )
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -298,7 +336,7 @@ def _member(i: int, raw: Mapping[str, Any], raw_training: Mapping[str, Any]) -> 
     if not MEMBER_NAME.fullmatch(fields.name) or fields.name in RESERVED_NAMES:
         raise ConfigError(
             f"{where}.name",
-            f"{fields.name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit "
+            f"{fields.name!r}: use ASCII letters, digits, '-', '_' and '.', starting with a letter or digit "
             f"(and not {' or '.join(sorted(RESERVED_NAMES))})",
         )
     who = f"member {fields.name!r}"

@@ -54,11 +54,35 @@ def learner_state(learner: Learner) -> dict[str, Any]:
     return {"kind": "weights", "weights": {k: torch.from_numpy(v) for k, v in learner.get_weights().items()}}
 
 
-def restore_learner(learner: Learner, saved: dict[str, Any]) -> None:
-    if saved["kind"] == "state":
-        learner.load_state(saved["state"])  # type: ignore[attr-defined]
-    else:
-        learner.set_weights({k: v.numpy() for k, v in saved["weights"].items()})
+def restore_learner(learner: Learner, saved: dict[str, Any], source: Path | None = None) -> None:
+    """Load a checkpoint's learner state into ``learner``.
+
+    Args:
+        source: the checkpoint file, named in the error when it does not fit.
+
+    Raises:
+        ConfigError: (``state_dir``) the checkpoint was written for another model.
+    """
+    try:
+        if saved["kind"] == "state":
+            learner.load_state(saved["state"])  # type: ignore[attr-defined]
+        else:
+            learner.set_weights({k: v.numpy() for k, v in saved["weights"].items()})
+    except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, missing/unexpected keys
+        raise _different_model(source, exc) from exc
+
+
+def _different_model(source: Path | None, exc: BaseException) -> ConfigError:
+    # torch spreads the mismatches over several lines; one line reads better in a log
+    detail = " ".join(str(exc).split())
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    where = source if source is not None else "the checkpoint"
+    state_dir = source.parent if source is not None else "the state_dir"
+    return ConfigError(
+        "state_dir", f"{where} was written for a different model ({type(exc).__name__}: {detail}): "
+        f"move {state_dir} away to start afresh, or restore the old model"
+    )
 
 
 def save_checkpoint(directory: Path, node: str, round_: int, learner: Learner) -> Path:

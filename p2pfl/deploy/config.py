@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.config import load_toml
-from p2pfl.errors import ConfigError
+from p2pfl.errors import ConfigError, NodeError
 from p2pfl.node.peers import StartCondition
 from p2pfl.node.records import check_mode
 
@@ -78,6 +78,17 @@ def load_node_config(path: str | Path, **overrides: Any) -> tuple[OrgNodeConfig,
     path = Path(path)
     config = load_toml(OrgNodeConfig, path, overrides=overrides)
     return config, path.resolve().parent
+
+
+def require_secure_neighbourhood(plan: Any) -> None:
+    """Raise the ConfigError a node gives when ``plan``'s node has too few neighbours for
+    secure aggregation; ``p2pfl consortium check`` reports the same text."""
+    from p2pfl.privacy.secagg import check_neighbourhood
+
+    try:
+        check_neighbourhood(plan)
+    except NodeError as exc:
+        raise ConfigError("secure_aggregation", str(exc)) from None
 
 
 def resolve(base: Path, value: str) -> Path:

@@ -126,3 +126,33 @@ def test_with_mqtt_discovery_a_killed_neighbour_is_not_waited_for(tmp_path, mqtt
         rows = metrics_rows(tmp_path / f"state{i}")
         assert rows[-1]["round"] == rounds - 1, outputs[i]
         assert rows[-1]["missing"] == ["2"]
+
+
+def test_the_readme_learner_in_a_bundle_runs_from_any_directory_and_its_errors_exit_2(tmp_path):
+    from p2pfl.consortium import init_consortium
+
+    (tmp_path / "desc.toml").write_text(
+        'name = "c"\ntopology = "complete"\n[training]\nlearner = "hospital_fl.model:build_learner"\n'
+        'learner_args = { data_dir = "/nonexistent/fl" }\n'
+        + "".join(f'[[members]]\nname = "{n}"\nhost = "127.0.0.1"\nport = {7300 + i}\n' for i, n in enumerate("ab"))
+    )
+    bundle = init_consortium(tmp_path / "desc.toml", tmp_path / "bundles")[0]
+    package = bundle / "hospital_fl"  # the organisation's own code, next to node.toml as documented
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text(  # the README's signature: no index
+        "def build_learner(data_dir: str):\n    return open(data_dir + '/train.csv')\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pfl", "node", "--config", str(bundle / "node.toml")],
+        capture_output=True, text=True, timeout=60, cwd=elsewhere,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "TypeError" not in result.stderr
+    assert (
+        "p2pfl: error: learner: hospital_fl.model:build_learner(...) failed: FileNotFoundError: "
+        in result.stderr
+    ), result.stderr
+    assert "/nonexistent/fl/train.csv" in result.stderr

@@ -260,6 +260,44 @@ def test_a_nodes_state_survives_reinit(tmp_path: Path, bundles: Path) -> None:
     assert (bundles / "mayo" / "state" / "metrics.jsonl").read_text() == "{}\n"
 
 
+def test_force_replaces_only_the_files_init_writes(tmp_path: Path, bundles: Path) -> None:
+    mayo = bundles / "mayo"
+    (mayo / "hospital_fl.py").write_text("def build_learner(data_dir): ...\n")  # README: next to node.toml
+    (mayo / "notes").mkdir()
+    (mayo / "notes" / "contacts.txt").write_text("on call: 555-0100\n")
+    (mayo / "keys" / "README").write_text("ask IT before rotating\n")
+    node = mayo / "node.toml"
+    node.write_text(node.read_text().replace("rounds = 20", "rounds = 7") + 'mode = "async"\n')  # hand edits
+    result = init_consortium(write_description(tmp_path), bundles, force=True, keep_keys=True)
+    assert list(result) == [bundles / n for n in NAMES] and len(result) == 3 and result[1] == mayo
+    assert (mayo / "hospital_fl.py").read_text() == "def build_learner(data_dir): ...\n"
+    assert (mayo / "notes" / "contacts.txt").read_text() == "on call: 555-0100\n"
+    assert (mayo / "keys" / "README").exists()
+    assert tomllib.loads(node.read_text())["rounds"] == 20  # --force: init's own files are rewritten
+    assert result.changed_settings == {node: ("mode", "rounds")}  # ...and the lost edits are reported
+    for name in NAMES:
+        replaced = {p.relative_to(bundles / name).as_posix() for p in result.replaced if p.is_relative_to(bundles / name)}
+        assert replaced == {"node.toml", "consortium.toml", "topology.graphml", f"keys/{name}.key",
+                            f"keys/{name}.key_secret"}
+    assert bundles / "consortium.toml" in result.replaced and bundles / "topology.graphml" in result.replaced
+    assert check_bundles(bundles) == []
+
+
+def test_a_former_members_bundle_loses_its_keys_but_not_its_other_files(tmp_path: Path, bundles: Path) -> None:
+    (bundles / "mayo" / "hospital_fl.py").write_text("# mayo's code\n")
+    values = base_description()
+    values["members"].append({"name": "umc", "host": "10.0.0.9", "port": 7002})
+    del values["members"][1]  # mayo leaves
+    result = init_consortium(write_description(tmp_path, values), bundles, force=True, keep_keys=True)
+    assert sorted(p.relative_to(bundles).as_posix() for p in bundles.joinpath("mayo").rglob("*")) == [
+        "mayo/hospital_fl.py"
+    ]
+    assert {p.name for p in result.removed} == {
+        "node.toml", "consortium.toml", "topology.graphml", "mayo.key", "mayo.key_secret"
+    }
+    assert check_bundles(bundles) == []
+
+
 # --------------------------------------------------------------------------- description errors
 
 
@@ -492,6 +530,59 @@ def test_check_finds_each_planted_problem(bundles: Path, plant: Any, who: str, t
     problems = check_bundles(bundles)
     assert problems, "the planted problem went unnoticed"
     assert any(p.startswith(f"{who}: ") and text in p for p in problems), problems
+
+
+def load_and_build(path: Path) -> Any:
+    return build_description_topology(load_description(path))  # what `p2pfl consortium check DESC` runs
+
+
+def _node_refusal(bundle: Path) -> str:
+    """What ``p2pfl node`` says when it refuses to start secure aggregation in ``bundle``."""
+    from p2pfl.deploy.config import load_node_config
+    from p2pfl.deploy.runner import _secure_aggregation, load_membership
+    from p2pfl.security import AllowList
+
+    config, base = load_node_config(bundle / "node.toml")
+    membership = load_membership(config, base)
+    assert membership.keys_loader is not None
+    keypair = read_secret_key(base / config.secret_key)
+    with pytest.raises(ConfigError) as info:
+        _secure_aggregation(config, membership, AllowList(membership.keys_loader), keypair, 0)
+    return str(info.value)
+
+
+def test_check_reports_secure_aggregation_on_too_small_a_neighbourhood(bundles: Path) -> None:
+    for name in ("charite", "ki.se"):  # on a ring of 3 everyone has 2 neighbours
+        node = bundles / name / "node.toml"
+        node.write_text(node.read_text().replace("secure_aggregation = false", "secure_aggregation = true"))
+    problems = check_bundles(bundles)
+    for name in ("charite", "ki.se"):
+        refusal = _node_refusal(bundles / name)
+        assert "at least 3 neighbours" in refusal
+        assert f"{name}: {bundles / name / 'node.toml'}: {refusal}" in problems, problems
+    assert not any(p.startswith("mayo: ") for p in problems)  # mayo does not use it
+
+
+def test_init_refuses_secure_aggregation_that_no_node_could_start(tmp_path: Path) -> None:
+    values = base_description()
+    values["training"]["secure_aggregation"] = True
+    with pytest.raises(ConfigError) as info:
+        init_consortium(write_description(tmp_path, values), tmp_path / "out")
+    assert info.value.field == "training.secure_aggregation"
+    assert "needs at least 3 neighbours per receiver; 'charite' has 2" in str(info.value)
+    assert "charite, mayo, ki.se" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    one = base_description()
+    one["members"][1]["training"]["secure_aggregation"] = True  # only mayo asks for it
+    with pytest.raises(ConfigError) as info:
+        load_and_build(write_description(tmp_path, one))
+    assert info.value.field == "members[1].training.secure_aggregation"
+    assert "'mayo' has 2" in str(info.value) and "too few neighbours: mayo." in str(info.value)
+    values["topology"] = "complete"
+    values["members"].append({"name": "umc", "host": "10.0.0.9", "port": 7002})
+    values["training"]["learner_args"]["nodes"] = 4
+    init_consortium(write_description(tmp_path, values), tmp_path / "out")  # 3 neighbours each: fine
+    assert check_bundles(tmp_path / "out") == []
 
 
 def test_check_reports_problems_without_key_material(bundles: Path) -> None:

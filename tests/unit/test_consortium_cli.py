@@ -134,6 +134,23 @@ def test_cli_check_of_a_description_file(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "training.rounds" in one_line_error(bad)
 
 
+def test_cli_check_of_a_description_whose_nodes_would_refuse_secure_aggregation(tmp_path: Path) -> None:
+    (tmp_path / "desc.toml").write_text(DESCRIPTION.replace("rounds = 5", "rounds = 5\nsecure_aggregation = true"))
+    done = p2pfl("consortium", "check", tmp_path / "desc.toml")  # a ring of 3: two neighbours each
+    assert done.returncode == 2
+    line = one_line_error(done)
+    assert line.startswith("p2pfl: error: training.secure_aggregation: secure aggregation needs at least 3")
+    assert "charite, mayo, ki.se" in line
+
+
+def test_the_walk_through_bundles_are_never_committed() -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("bundles/charite/keys/charite.key_secret", "bundles/charite/node.toml"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, timeout=TIMEOUT)
+        assert done.returncode == 0, f"{path} is not ignored: the README's bundles hold secret keys"
+
+
 def test_cli_check_lists_problems_and_exits_1(out: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

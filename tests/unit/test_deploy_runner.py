@@ -130,3 +130,167 @@ def test_a_static_topology_file_is_relative_to_node_toml_not_the_working_directo
     config, base = load_node_config(site / "node.toml")
     membership = runner.load_membership(config, base)
     assert membership.schedule.peers("a") == ("b",)
+
+
+# --------------------------------------------------------------------------- the learner entry point
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """An organisation's folder with node.toml's neighbour ``org_model.py`` (a fresh module
+    name per test); the node runs from another working directory."""
+    import sys
+    import uuid
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    module = f"org_model_{uuid.uuid4().hex}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # build_learner makes the folder importable
+    yield folder, module
+    sys.modules.pop(module, None)
+
+
+def org_config(folder, learner, **learner_args):
+    from p2pfl.deploy.config import OrgNodeConfig
+
+    config = OrgNodeConfig(
+        name="a", bind="tcp://127.0.0.1:0", peers={"b": "tcp://127.0.0.1:1"}, insecure=True,
+        learner=learner, learner_args=learner_args,
+    )
+    return config, folder
+
+
+LEARNERS = """\
+from p2pfl.testing import tiny_learner
+
+def readme_style(data_dir):
+    return tiny_learner(0)
+
+def with_index(data_dir, index):
+    return tiny_learner(index)
+
+def with_kwargs(**settings):
+    assert settings["index"] == 2
+    return tiny_learner(0)
+
+def positional_only(data_dir, /):
+    return tiny_learner(0)
+
+def missing_file(data_dir):
+    open(data_dir + "/train.csv")
+"""
+
+
+@pytest.mark.parametrize("function", ["readme_style", "with_index", "with_kwargs"])
+def test_index_from_init_is_passed_only_to_learners_that_take_it(site, function):
+    folder, module = site
+    (folder / f"{module}.py").write_text(LEARNERS)
+    learner = runner.build_learner(*org_config(folder, f"{module}:{function}", data_dir="/data", index=2))
+    assert learner.get_weights()
+
+
+@pytest.mark.parametrize(
+    ("args", "function", "words"),
+    [
+        ({"data_dir": "/d", "datadir": "/d", "index": 0}, "readme_style", ["does not take datadir", "(data_dir)"]),
+        ({"index": 0}, "readme_style", ["requires data_dir", "learner_args has nothing"]),
+        ({"data_dir": "/d"}, "with_index", ["requires index", "(data_dir, index)"]),
+        ({"data_dir": "/d"}, "positional_only", ["does not take data_dir", "requires data_dir"]),
+    ],
+)
+def test_learner_args_that_do_not_fit_the_function_name_it_and_the_arguments(site, args, function, words):
+    folder, module = site
+    (folder / f"{module}.py").write_text(LEARNERS)
+    with pytest.raises(ConfigError) as info:
+        runner.build_learner(*org_config(folder, f"{module}:{function}", **args))
+    assert info.value.field == "learner_args"
+    assert f"{module}:{function}" in str(info.value)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_learner_that_raises_is_a_config_error_naming_it_with_the_cause_kept(site):
+    folder, module = site
+    (folder / f"{module}.py").write_text(LEARNERS)
+    with pytest.raises(ConfigError) as info:
+        runner.build_learner(*org_config(folder, f"{module}:missing_file", data_dir="/nonexistent", index=0))
+    assert info.value.field == "learner"
+    assert f"{module}:missing_file(...) failed: FileNotFoundError: " in str(info.value)
+    assert "/nonexistent/train.csv" in str(info.value)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_a_learner_module_that_cannot_be_imported_says_where_to_put_it(site):
+    folder, module = site
+    with pytest.raises(ConfigError) as info:
+        runner.build_learner(*org_config(folder, f"{module}.model:build"))
+    assert info.value.field == "learner"
+    assert "next to node.toml" in str(info.value) and str(folder) in str(info.value)
+    assert "PYTHONPATH" in str(info.value)
+    # the module exists but its own import fails: that failure, not "put it next to node.toml"
+    (folder / f"{module}.py").write_text("import a_dependency_nobody_installed\n")
+    with pytest.raises(ConfigError) as info:
+        runner.build_learner(*org_config(folder, f"{module}:build"))
+    assert f"importing {module} failed: ModuleNotFoundError" in str(info.value)
+    assert "a_dependency_nobody_installed" in str(info.value)
+
+
+def test_a_checkpoint_of_a_different_model_is_a_config_error(tmp_path):
+    from p2pfl.deploy.checkpoint import load_checkpoint, restore_learner, save_checkpoint
+
+    save_checkpoint(tmp_path, "a", 3, tiny_learner(0, features=4))
+    saved = load_checkpoint(tmp_path, "a")
+    with pytest.raises(ConfigError) as info:
+        restore_learner(tiny_learner(0, features=5), saved.learner, source=tmp_path / "checkpoint.pt")
+    text = str(info.value)
+    assert info.value.field == "state_dir"
+    assert f"{tmp_path / 'checkpoint.pt'} was written for a different model (" in text
+    assert "size mismatch" in text and "\n" not in text
+    assert f"move {tmp_path} away to start afresh, or restore the old model" in text
+
+
+# --------------------------------------------------------------------------- MQTT presence
+
+
+class RecordingPresence:
+    """Stands in for MqttPresence: records what the node would announce."""
+
+    announced: list[str] = []
+
+    def __init__(self, broker, consortium, name, endpoint, fingerprint, is_member):
+        RecordingPresence.announced.append(endpoint)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+
+async def test_discovery_announces_the_consortium_endpoint_not_the_bind_address(tmp_path, monkeypatch):
+    import contextlib
+    import dataclasses
+
+    import p2pfl.discovery
+    from p2pfl.consortium import init_consortium
+
+    (tmp_path / "desc.toml").write_text(
+        'name = "c"\ntopology = "ring"\n[training]\nlearner = "m:f"\n'
+        + "".join(f'[[members]]\nname = "{n}"\nhost = "{n}.example.org"\nport = 7202\n' for n in "abc")
+    )
+    init_consortium(tmp_path / "desc.toml", tmp_path / "out")
+    config, base = load_node_config(tmp_path / "out" / "a" / "node.toml", discovery="mqtt://broker:1883")
+    assert config.bind == "tcp://0.0.0.0:7202"
+    membership = runner.load_membership(config, base)
+    assert membership.own_endpoint == "tcp://a.example.org:7202"
+    assert "a" not in membership.endpoints  # never dialled as a peer
+    monkeypatch.setattr(p2pfl.discovery, "MqttPresence", RecordingPresence)
+    monkeypatch.setattr(RecordingPresence, "announced", [])
+    async with contextlib.AsyncExitStack() as stack:
+        await runner._presence(config, membership, None, None, stack)
+        static = dataclasses.replace(membership, own_endpoint=None)  # no consortium file: only the bind
+        await runner._presence(config, static, None, None, stack)
+    assert RecordingPresence.announced == ["tcp://a.example.org:7202", "tcp://0.0.0.0:7202"]
