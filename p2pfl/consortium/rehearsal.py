@@ -26,6 +26,7 @@ from p2pfl.consortium._parse import read_toml
 from p2pfl.consortium._toml import dumps
 from p2pfl.consortium.bundle import init_consortium
 from p2pfl.consortium.description import load_description
+from p2pfl.node.records import summary_json
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def rehearse(
     wall = time.perf_counter() - started
     summary = collect(bundles, names, out, wall)
     summary["returncodes"] = returncodes
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(summary_json(summary))
     return RehearsalResult(out, summary, returncodes)
 
 

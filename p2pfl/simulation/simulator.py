@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -27,7 +26,7 @@ from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node, NodeConfig
 from p2pfl.node.peers import StartCondition
-from p2pfl.node.records import json_line
+from p2pfl.node.records import summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, parse_outages
 from p2pfl.simulation.config import ExperimentConfig
@@ -195,12 +194,6 @@ async def simulate(
     if out_dir is not None:
         (out_dir / "summary.json").write_text(summary_json(summary))
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
-
-
-def summary_json(summary: dict[str, Any]) -> str:
-    """``summary.json``'s text: NaN/Inf (e.g. diverged models' distance) become null, as in
-    metrics.jsonl, since bare NaN is not JSON and strict readers refuse the file."""
-    return json.dumps(json.loads(json_line(summary)), indent=2) + "\n"
 
 
 def run_simulation(

@@ -10,7 +10,7 @@ import pytest
 
 from p2pfl import ExperimentConfig, simulate
 from p2pfl.cli.main import main
-from p2pfl.simulation.simulator import summary_json
+from p2pfl.node.records import summary_json
 
 # short: the survivors wait this long once for the crashed node, then stop waiting
 DEADLINE = 0.5
