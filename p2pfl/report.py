@@ -61,6 +61,7 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     mean = [_mean(r["test_accuracy"] for r in by_round[k]) for k in rounds]
     ax.plot(rounds, mean, color="black", lw=2, label="mean over nodes")
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Accuracy per node ({len(by_node)} nodes)")
+    _whole_rounds(ax)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     written.append(_save(fig, to / "accuracy.png", plt))
@@ -69,6 +70,7 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     consensus = [_mean(r["consensus_distance"] for r in by_round[k]) for k in rounds]
     ax.semilogy(rounds, [max(c, 1e-30) for c in consensus])
     ax.set(xlabel="round", ylabel="mean squared distance to average model", title="Consensus distance")
+    _whole_rounds(ax)
     ax.grid(alpha=0.3, which="both")
     written.append(_save(fig, to / "consensus.png", plt))
 
@@ -78,6 +80,7 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     ax.plot(rounds, sent, label="sent (all nodes)")
     ax.plot(rounds, received, "--", label="received (all nodes)")
     ax.set(xlabel="round", ylabel="MB per round", title="Traffic")
+    _whole_rounds(ax)
     ax.legend()
     ax.grid(alpha=0.3)
     written.append(_save(fig, to / "bytes.png", plt))
@@ -85,6 +88,13 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     if any(r.get("epsilon") is not None for r in rows):  # a differentially private run
         written.append(_accuracy_vs_epsilon(by_node, to / "accuracy_vs_epsilon.png", plt))
     return written
+
+
+def _whole_rounds(ax: Any) -> None:
+    """Round ticks at whole numbers: a short run would otherwise show rounds 0.25, 0.5, ..."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _accuracy_vs_epsilon(by_node: dict[str, list[dict[str, Any]]], path: Path, plt: Any) -> Path:

@@ -8,11 +8,13 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from p2pfl import wire
 from p2pfl.errors import ConfigError
-from p2pfl.learning.learner import Weights
+
+if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's parent)
+    from p2pfl.learning.learner import Weights
 
 
 @dataclass(frozen=True)

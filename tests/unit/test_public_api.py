@@ -109,3 +109,11 @@ def test_wire_error_carries_reason_and_detail() -> None:
     err = WireError("too_large", "frame of 9 bytes exceeds 8")
     assert (err.reason, err.detail) == ("too_large", "frame of 9 bytes exceeds 8")
     assert str(err) == "too_large: frame of 9 bytes exceeds 8"
+
+
+def test_the_consortium_tools_load_without_torch() -> None:
+    """Bundling, checking and rehearsing run on an operator's machine; only members train."""
+    probe = "import sys, p2pfl.consortium.rehearsal, p2pfl.consortium.check; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
