@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from p2pfl.errors import TransportError
 
@@ -112,6 +113,7 @@ class ZmqTransport:
         self._options = options
         self._router: zmq.Socket | None = None
         self._dealers: dict[str, zmq.Socket] = {}
+        self._handshakes: dict[str, _HandshakeWatch] = {}  # Curve links only
         self._handler: Callable[[Incoming], None] | None = None
         self.security = security  # [security hook] the node maps user ids through it
         self._authenticated = security is not None  # read the ZAP User-Id of each message
@@ -196,17 +198,25 @@ class ZmqTransport:
             except BaseException:
                 dealer.close(linger=0)
                 raise
+        if self.security is not None and self._loop is not None:
+            self._handshakes[peer] = _HandshakeWatch(dealer, peer, endpoint, self._loop)
         try:
             dealer.connect(endpoint)
         except zmq.ZMQError as exc:
-            dealer.close(linger=0)
+            self._close_dealer(peer, dealer, linger=0)
             raise TransportError(f"cannot connect to {peer} at {endpoint}: {exc}") from exc
         self._dealers[peer] = dealer
 
     def disconnect(self, peer: str) -> None:
         dealer = self._dealers.pop(peer, None)
         if dealer is not None:
-            dealer.close(linger=0)
+            self._close_dealer(peer, dealer, linger=0)
+
+    def _close_dealer(self, peer: str, dealer: zmq.Socket, *, linger: int) -> None:
+        watch = self._handshakes.pop(peer, None)
+        if watch is not None:
+            watch.close(dealer)
+        dealer.close(linger=linger)
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -255,8 +265,8 @@ class ZmqTransport:
         )
 
     def close(self) -> None:
-        for dealer in self._dealers.values():
-            dealer.close(linger=self._options.linger_ms)
+        for peer, dealer in self._dealers.items():
+            self._close_dealer(peer, dealer, linger=self._options.linger_ms)
         self._dealers.clear()
         if self._router is not None:
             if self._handler is not None and self._loop is not None and not self._loop.is_closed():
@@ -271,6 +281,50 @@ class ZmqTransport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.HEARTBEAT_IVL, self._options.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._options.heartbeat_ivl_ms * 3)
+
+
+class _HandshakeWatch:
+    """Logs a failed CurveZMQ handshake on an outgoing link, once until one succeeds.
+
+    ZeroMQ retries such a link silently forever, so a peer listed with the wrong public
+    key (or not allow-listing ours) would otherwise look merely absent.
+    """
+
+    _WATCHED = (
+        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    )
+
+    def __init__(self, dealer: zmq.Socket, peer: str, endpoint: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._peer, self._endpoint, self._loop = peer, endpoint, loop
+        self._monitor = dealer.get_monitor_socket(self._WATCHED)
+        self._fd = int(self._monitor.getsockopt(zmq.FD))
+        self._failing = False
+        loop.add_reader(self._fd, self._drain)
+        loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        if self._monitor.closed:
+            return
+        while int(self._monitor.get(_EVENTS)) & _POLLIN:  # also re-arms the edge-triggered FD
+            event = recv_monitor_message(self._monitor, _NOBLOCK)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._failing:
+                    log.info("CurveZMQ handshake with %s at %s succeeds again", self._peer, self._endpoint)
+                self._failing = False
+            elif not self._failing:
+                self._failing = True
+                log.warning(
+                    "CurveZMQ handshake with %s at %s failed: the public key listed for %s is not the "
+                    "key its node uses, or it does not list ours; compare the fingerprints "
+                    "'p2pfl consortium check' prints on both sides", self._peer, self._endpoint, self._peer,
+                )
+
+    def close(self, dealer: zmq.Socket) -> None:
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        dealer.disable_monitor()
+        self._monitor.close(linger=0)
 
 
 def _wildcard_port(endpoint: str) -> str:

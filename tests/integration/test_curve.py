@@ -7,6 +7,7 @@ beyond building message bytes), as a real intruder would.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import zmq
@@ -227,3 +228,30 @@ async def test_one_authenticator_per_context(context, members):
     with pytest.raises(TransportError, match="one per context"):
         async with curve_authenticator(context, members.allowlist):
             pass
+
+
+async def test_a_wrong_public_key_for_a_peer_is_logged_on_the_sending_side(context, members):
+    """ZeroMQ retries a link whose handshake fails silently; the node must say why."""
+    warned = asyncio.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "CurveZMQ handshake with 1" in record.getMessage():
+                warned.set()
+
+    wrong_view = AllowList(lambda: {"0": members.public("0").decode(), "1": raw_keypair()[0].decode()})
+    sender = ZmqTransport(context, "tcp://127.0.0.1:0", security=CurveSecurity(members.keypair("0"), wrong_view))
+    handler = Catch()
+    logging.getLogger("p2pfl.transport").addHandler(handler)
+    try:
+        async with curve_node(context, members, "1") as receiver:
+            sender.start()
+            try:
+                sender.connect("1", receiver.endpoint)
+                sender.send("1", frames("0", 0))
+                await asyncio.wait_for(warned.wait(), TIMEOUT)
+            finally:
+                sender.close()
+            assert receiver.stats.messages_accepted == 0
+    finally:
+        logging.getLogger("p2pfl.transport").removeHandler(handler)
