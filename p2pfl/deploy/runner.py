@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,9 +289,12 @@ def write_stats(state_dir: Path, stats: NodeStats) -> Path:
     """``stats.json``: the node's message counters (refused messages by reason), replaced
     atomically so a reader never sees half a file."""
     path = state_dir / "stats.json"
-    row = dataclasses.asdict(stats)
-    row["rejected"] = dict(sorted(stats.rejected.items()))
-    temporary = state_dir / ".stats.json.tmp"
+    # Called from the worker (after each round) while the event loop updates the counters:
+    # copy each field at once (dict() of the Counter is a single C-level copy), no deep walk.
+    row: dict[str, Any] = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+    row["rejected"] = dict(sorted(dict(stats.rejected).items()))
+    # one temporary file per thread: the last round's write and the final one may overlap
+    temporary = state_dir / f".stats.json.{threading.get_ident()}.tmp"
     temporary.write_text(json.dumps(row, indent=2) + "\n")
     temporary.replace(path)
     return path
@@ -376,7 +380,8 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 finally:
                     for task in duties:
                         task.cancel()
-                    write_stats(state_dir, node.stats)
+                    with contextlib.suppress(OSError):  # the counters must not mask why we stop
+                        write_stats(state_dir, node.stats)
                     log.info("messages: %d accepted, refused %s", node.stats.messages_accepted,
                              dict(node.stats.rejected) or "none")
     finally:

@@ -294,3 +294,30 @@ async def test_discovery_announces_the_consortium_endpoint_not_the_bind_address(
         static = dataclasses.replace(membership, own_endpoint=None)  # no consortium file: only the bind
         await runner._presence(config, static, None, None, stack)
     assert RecordingPresence.announced == ["tcp://a.example.org:7202", "tcp://0.0.0.0:7202"]
+
+
+def test_stats_json_written_from_two_threads_at_once_stays_whole(tmp_path):
+    """The worker writes it after each round while the loop writes it on the way out."""
+    import threading
+
+    from p2pfl.node.records import NodeStats
+
+    stats = NodeStats(messages_accepted=3)
+    stats.rejected["stale_round"] = 1
+    errors = []
+
+    def write_many():
+        try:
+            for _ in range(300):
+                runner.write_stats(tmp_path, stats)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write_many) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert json.loads((tmp_path / "stats.json").read_text())["rejected"] == {"stale_round": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json"]
