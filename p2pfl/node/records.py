@@ -93,12 +93,16 @@ def metrics_row(metrics: RoundMetrics) -> dict[str, Any]:
 def summary_json(summary: Mapping[str, Any]) -> str:
     """``summary.json``'s text: NaN/Inf (e.g. diverged models' distance) become null, as in
     metrics.jsonl, since bare NaN is not JSON and strict readers refuse the file."""
-    return json.dumps(json.loads(json_line(summary)), indent=2) + "\n"
+    return json.dumps(_finite_or_null(summary), indent=2) + "\n"
 
 
 def json_line(row: Mapping[str, Any]) -> str:
     """A row as one JSON line; NaN/Inf become null, which every JSON reader accepts."""
-    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}) + "\n"
+    return json.dumps(_finite_or_null(row)) + "\n"
+
+
+def _finite_or_null(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 @dataclass
