@@ -62,6 +62,7 @@ _LAZY = {
     "label_counts": "p2pfl.data",
     "load_consortium": "p2pfl.consortium",
     "load_dataset": "p2pfl.data",
+    "new_simulation_loop": "p2pfl.simulation.worker",
     "partition": "p2pfl.data",
     "run_org_node": "p2pfl.deploy.runner",
     "run_reference": "p2pfl.simulation.reference",
@@ -121,6 +122,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from p2pfl.simulation.reference import run_reference
     from p2pfl.simulation.setup import build_experiment
     from p2pfl.simulation.simulator import SimulationResult, run_simulation, simulate
+    from p2pfl.simulation.worker import new_simulation_loop
     from p2pfl.topology import (
         RandomPeerSchedule,
         RoundPlan,

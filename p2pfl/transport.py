@@ -261,7 +261,7 @@ class ZmqTransport:
         frames = [p.buffer for p in parts[1:]]
         return Incoming(
             frames=frames, connection=connection, user_id=user_id or None,
-            nbytes=sum(len(f) for f in frames),
+            nbytes=sum(map(len, frames)),
         )
 
     def close(self) -> None:

@@ -92,6 +92,23 @@ class TensorSpec:
 ModelSchema = Mapping[str, TensorSpec]
 
 
+class PackedSchema(dict[str, TensorSpec]):
+    """A model schema that also holds its tensor table exactly as :func:`encode` packs it.
+
+    :func:`decode` accepts the usual header (this model's table, in this order, with
+    exact types: msgpack packs a float or bool differently from an int) with one
+    comparison instead of checking entry by entry. Treat it as read-only.
+    """
+
+    def __init__(self, specs: Mapping[str, TensorSpec]) -> None:
+        super().__init__(specs)
+        table = [[name, spec.dtype, list(spec.shape), spec.nbytes] for name, spec in self.items()]
+        self.packed_table: bytes = msgpack.packb(table, use_bin_type=True)
+        self.parsed_table: list[tuple[str, TensorSpec, int]] = [
+            (name, spec, spec.nbytes) for name, spec in self.items()
+        ]
+
+
 @dataclass(frozen=True)
 class Message:
     """A decoded, validated message.
@@ -116,13 +133,13 @@ class Message:
     nbytes: int = 0
 
 
-def schema_of(tensors: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+def schema_of(tensors: Mapping[str, np.ndarray]) -> PackedSchema:
     """The schema that messages carrying tensors shaped like ``tensors`` must match."""
     schema: dict[str, TensorSpec] = {}
     for name, array in tensors.items():
         dtype = _wire_dtype_name(name, array.dtype)
         schema[name] = TensorSpec(dtype=dtype, shape=tuple(int(d) for d in array.shape))
-    return schema
+    return PackedSchema(schema)
 
 
 def encode(
@@ -226,7 +243,10 @@ def decode(
         raise WireError(
             "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"
         )
-    parsed = _parse_table(table, schema)
+    if isinstance(schema, PackedSchema) and _packs_as(table, schema.packed_table):
+        parsed = schema.parsed_table  # exactly the local model's table: every entry is valid
+    else:
+        parsed = _parse_table(table, schema)
     tensors: dict[str, np.ndarray] = {}
     for (name, spec, nbytes), payload in zip(parsed, frames[1:], strict=True):
         if len(payload) != nbytes:
@@ -243,6 +263,13 @@ def decode(
         kind=kind, sender=sender, round=round_, samples=samples,
         tensors=tensors, meta=meta, nbytes=total,
     )
+
+
+def _packs_as(table: list[Any], packed: bytes) -> bool:
+    try:
+        return msgpack.packb(table, use_bin_type=True) == packed  # type: ignore[no-any-return]
+    except Exception:  # anything unpackable packs; this is for safety only
+        return False
 
 
 def _parse_table(table: list[Any], schema: ModelSchema | None) -> list[tuple[str, TensorSpec, int]]:

@@ -17,14 +17,13 @@ Prints both times and the ratio async / sync (target <= 0.5).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
 
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.setup import build_experiment
-from p2pfl.simulation.simulator import simulate
+from p2pfl.simulation.simulator import run_simulation
 
 
 def time_to_accuracy(rows: list[dict[str, Any]], nodes: int, target: float, started: float) -> float | None:
@@ -40,7 +39,7 @@ def time_to_accuracy(rows: list[dict[str, Any]], nodes: int, target: float, star
 def _run(config: ExperimentConfig) -> tuple[float, float, list[dict[str, Any]], dict[str, Any]]:
     experiment = build_experiment(config)  # data and models: outside the timing
     started = time.time()
-    result = asyncio.run(simulate(config, experiment=experiment))
+    result = run_simulation(config, experiment=experiment)
     return started, time.time() - started, result.rows, result.summary
 
 

@@ -14,7 +14,6 @@ Prints the median wall time of each and the ratio curve / insecure (target <= 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import statistics
@@ -22,13 +21,13 @@ import time
 
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.setup import build_experiment
-from p2pfl.simulation.simulator import simulate
+from p2pfl.simulation.simulator import run_simulation
 
 
 def timed(config: ExperimentConfig) -> float:
     experiment = build_experiment(config)
     started = time.perf_counter()
-    result = asyncio.run(simulate(config, experiment=experiment))
+    result = run_simulation(config, experiment=experiment)
     elapsed = time.perf_counter() - started
     if result.summary["messages_rejected"] or result.summary["rounds_completed"] != config.rounds:
         raise SystemExit(f"run went wrong: {result.summary}")

@@ -15,13 +15,12 @@ Needs Opacus (pip install 'p2pfl-gossip[privacy]').
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from typing import Any
 
 from p2pfl.simulation.config import ExperimentConfig
-from p2pfl.simulation.simulator import simulate
+from p2pfl.simulation.simulator import run_simulation
 
 
 def main() -> None:
@@ -64,7 +63,7 @@ def main() -> None:
         started = time.perf_counter()
         for seed in args.seeds:
             config = ExperimentConfig(**base, **extra, seed=seed)  # type: ignore[arg-type]
-            summaries.append(asyncio.run(simulate(config)).summary)
+            summaries.append(run_simulation(config).summary)
         seconds = (time.perf_counter() - started) / len(args.seeds)
         print(f"| {label} | {_eps(summaries)} | {_noise(summaries)} | {_spread(summaries, 'mean_accuracy')} "
               f"| {_spread(summaries, 'min_accuracy')} | {seconds:.1f} |", flush=True)

@@ -14,19 +14,18 @@ Prints per-round wall time of each and the ratio secure / plain (target <= 1.5).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.setup import build_experiment
-from p2pfl.simulation.simulator import simulate
+from p2pfl.simulation.simulator import run_simulation
 
 
 def _timed(config: ExperimentConfig) -> tuple[float, dict]:
     experiment = build_experiment(config)  # data and models: outside the timing
     started = time.perf_counter()
-    result = asyncio.run(simulate(config, experiment=experiment))
+    result = run_simulation(config, experiment=experiment)
     return time.perf_counter() - started, result.summary
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import sys
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # imported only now: config errors and --print-config need no torch or zmq
     from p2pfl.simulation.recorder import make_out_dir
     from p2pfl.simulation.setup import build_experiment
-    from p2pfl.simulation.simulator import simulate
+    from p2pfl.simulation.simulator import run_simulation
 
     # build first, so a bad topology, dataset or --out fails before a progress bar is drawn
     experiment = build_experiment(config)
@@ -116,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
         make_out_dir(Path(config.out))
     bar = None if args.quiet else _progress_bar(config.rounds)
     try:
-        result = asyncio.run(
-            simulate(config, progress=bar.update_round if bar else None, experiment=experiment)
-        )
+        result = run_simulation(config, progress=bar.update_round if bar else None, experiment=experiment)
     finally:
         if bar is not None:
             bar.close()

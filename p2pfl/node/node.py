@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
@@ -32,7 +32,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+@runtime_checkable
+class StagedExecutor(Protocol):
+    """An executor that also takes a job in two stages, ``train(finish())``.
+
+    A simulation's shared worker (:class:`~p2pfl.simulation.worker.PhasedWorker`) runs
+    every node's first stage before any node's second one; a node given any other
+    executor submits the two stages as one job.
+    """
+
+    def submit_round(
+        self, loop: asyncio.AbstractEventLoop, finish: Callable[[], A], train: Callable[[A], B]
+    ) -> asyncio.Future[B]: ...
 
 #: Async models say so in their meta: a member configured with the other mode is told
 #: apart (rejected as ``mode_mismatch``) instead of mixing clocks with rounds.
@@ -51,6 +66,15 @@ class _WorkerStep:
     trained: TrainResult | None
     weights: Weights | None  # snapshot after training, to send
     train_seconds: float
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """The first stage of a worker step: the finished round's mix and metrics."""
+
+    mixed: Weights | None
+    metrics: RoundMetrics | None
+    start: Weights | None  # what the next round's training starts from, if known
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,7 @@ class Node:
         self.history: list[RoundMetrics] = []
         self._executor = executor
         self._own_executor: ThreadPoolExecutor | None = None
+        self._staged: StagedExecutor | None = None
         self._inbox = RoundInbox(config.max_rounds_ahead)
         # a node resumed from a checkpoint listens before it runs: judge what arrives by
         # the round it resumes at, not round 0 (or its neighbours' models look too far ahead)
@@ -168,6 +193,7 @@ class Node:
         if self._executor is None:
             self._own_executor = ThreadPoolExecutor(1, thread_name_prefix=f"p2pfl-{self.name}")
             self._executor = self._own_executor
+        self._staged = self._executor if isinstance(self._executor, StagedExecutor) else None
         if self.presence is not None:
             self._presence_since = time.monotonic()
             self.presence.subscribe(self._on_presence_change)
@@ -299,14 +325,14 @@ class Node:
                 round_, adopted = caught_up
                 if round_ > last:
                     break
-                step = await self._in_worker(self._worker_step, None, None, round_, adopted)
+                step = await self._in_worker_round(None, None, round_, adopted)
             elif step is None:
-                step = await self._in_worker(self._worker_step, None, None, round_)
+                step = await self._in_worker_round(None, None, round_)
             exchange = await self._exchange(round_, step)
             upcoming = round_ + 1 if round_ + 1 <= last else None
             # One hand-off to the worker per round: mixing and evaluating this round
             # and training the next are one job, so loop and worker meet once.
-            step = await self._in_worker(self._worker_step, step, exchange, upcoming)
+            step = await self._in_worker_round(step, exchange, upcoming)
             self._record(step)
             assert step.mixed is not None
             self._latest = (round_ + 1, step.mixed)
@@ -322,7 +348,7 @@ class Node:
         clock = self.config.start_round
         if clock > last:
             return
-        step = await self._in_worker(self._worker_step, None, None, clock)
+        step = await self._in_worker_round(None, None, clock)
         while True:
             assert step.trained is not None and step.weights is not None
             started = time.perf_counter()
@@ -349,7 +375,7 @@ class Node:
                 seconds=time.perf_counter() - started,
             )
             upcoming = exchange.round + 1 if exchange.round < last else None
-            step = await self._in_worker(self._worker_step, step, exchange, upcoming)
+            step = await self._in_worker_round(step, exchange, upcoming)
             self._record(step)
             if upcoming is None:
                 return
@@ -541,6 +567,12 @@ class Node:
     ) -> _WorkerStep:
         """Runs in the worker: finish a round (mix, evaluate), then train the next one
         (from ``adopt``-ed weights when catching up)."""
+        return self._train_stage(self._finish_stage(previous, exchange, adopt), train_round)
+
+    def _finish_stage(
+        self, previous: _WorkerStep | None, exchange: _Exchange | None, adopt: Weights | None
+    ) -> _Finished:
+        """First half of a worker step: adopt weights, or mix and evaluate the round."""
         started = time.perf_counter()
         if adopt is not None:
             self.learner.set_weights(adopt)
@@ -561,10 +593,14 @@ class Node:
             metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)
             if self.checkpoint is not None:
                 self.checkpoint(metrics)
-        mixed_at = time.perf_counter()
+        return _Finished(mixed=mixed, metrics=metrics, start=mixed if mixed is not None else adopt)
+
+    def _train_stage(self, finished: _Finished, train_round: int | None) -> _WorkerStep:
+        """Second half of a worker step: train ``train_round`` and snapshot the weights."""
+        started = time.perf_counter()
         trained = weights = None
         if train_round is not None:
-            start = mixed if mixed is not None else adopt
+            start = finished.start
             if start is None:  # the first round only: nothing mixed or adopted to fall back on
                 start = self.learner.get_weights()
             trained = self.learner.train(train_round)
@@ -578,8 +614,8 @@ class Node:
                     restart()
                 weights = self.learner.get_weights()
         return _WorkerStep(
-            mixed=mixed, metrics=metrics, trained=trained, weights=weights,
-            train_seconds=time.perf_counter() - mixed_at,
+            mixed=finished.mixed, metrics=finished.metrics, trained=trained, weights=weights,
+            train_seconds=time.perf_counter() - started,
         )
 
     def _non_finite(self, round_: int, during: str) -> None:
@@ -669,9 +705,23 @@ class Node:
             self.stats.bytes_sent += sent
         return sent
 
-    async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_worker_round(
+        self,
+        previous: _WorkerStep | None,
+        exchange: _Exchange | None,
+        train_round: int | None,
+        adopt: Weights | None = None,
+    ) -> _WorkerStep:
+        """Hand one worker step to the executor: as two stages to one that takes them
+        (a simulation's shared worker groups the nodes' stages), else as one job."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        if self._staged is not None:
+            return await self._staged.submit_round(
+                loop,
+                lambda: self._finish_stage(previous, exchange, adopt),
+                lambda finished: self._train_stage(finished, train_round),
+            )
+        return await loop.run_in_executor(self._executor, self._worker_step, previous, exchange, train_round, adopt)
 
     # -- receiving ---------------------------------------------------------------------
 

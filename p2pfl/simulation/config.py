@@ -42,6 +42,7 @@ class ExperimentConfig:
     test_fraction: float = 0.2  # share of the dataset held out as the common test set
     device: str = "cpu"  # torch device for every node (cpu, cuda, cuda:1, ...)
     torch_threads: int = 1  # torch intra-op threads while simulating (0 = leave torch's setting)
+    pin_cpu: bool = True  # keep the event loop and the training worker on one core (with torch_threads = 1)
     aggregator: str = "mean"  # mean | median | trimmed-mean:B | krum:F | multi-krum:F,M | clipped-gossip[:TAU]
     attack: str = ""  # what attackers do: sign-flip | scale[:K] | noise[:S] | nan | inf | stale | label-flip
     attackers: int = 0  # nodes that attack (chosen with the seed); needs attack

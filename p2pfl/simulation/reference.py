@@ -15,7 +15,8 @@ import torch
 
 from p2pfl.learning.learner import Weights
 from p2pfl.simulation.recorder import RoundSummary, model_distances
-from p2pfl.simulation.setup import Experiment, torch_threads
+from p2pfl.simulation.setup import Experiment, pinned_cpu, torch_threads
+from p2pfl.simulation.worker import pinned_thread
 from p2pfl.topology import mixing_matrix_for_round
 
 
@@ -23,7 +24,8 @@ def run_reference(
     experiment: Experiment, *, on_round: Callable[[RoundSummary], None] | None = None
 ) -> list[Weights]:
     """Run ``experiment`` in-process; returns each node's final weights (index order)."""
-    with torch_threads(experiment.config.torch_threads):
+    # the same conditions as the simulation: its threads share one core (see worker.py)
+    with torch_threads(experiment.config.torch_threads), pinned_thread(pinned_cpu(experiment.config)):
         return _run(experiment, on_round)
 
 

@@ -25,6 +25,7 @@ from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.learning.learner import ArrayBatches, TorchLearner
 from p2pfl.learning.models import build_model
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.worker import current_cpu
 from p2pfl.topology import RandomPeerSchedule, StaticSchedule, Topology, build_topology
 from p2pfl.topology.schedule import GossipSchedule
 
@@ -244,6 +245,14 @@ def _node_count(config: ExperimentConfig) -> int | None:
     if config.nodes is not None:
         return config.nodes
     return None if Path(config.topology).exists() else DEFAULT_NODES
+
+
+def pinned_cpu(config: ExperimentConfig) -> int | None:
+    """The core to keep a run's threads on (the caller's current one), or None.
+
+    Only single-threaded torch is pinned: intra-op threads need the other cores.
+    """
+    return current_cpu() if config.pin_cpu and config.torch_threads == 1 else None
 
 
 @contextlib.contextmanager

@@ -32,8 +32,8 @@ from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, pars
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
-from p2pfl.simulation.setup import Experiment, build_experiment, torch_threads
-from p2pfl.simulation.worker import PhasedWorker
+from p2pfl.simulation.setup import Experiment, build_experiment, pinned_cpu, torch_threads
+from p2pfl.simulation.worker import PhasedWorker, loop_idle_event, new_simulation_loop, pinned_thread
 from p2pfl.topology import spectral_gap
 from p2pfl.transport import ZmqTransport
 
@@ -67,6 +67,13 @@ async def simulate(
 ) -> SimulationResult:
     """Run the experiment described by ``config``.
 
+    Every node's training runs in one shared worker thread that takes turns with the
+    event loop (see :mod:`p2pfl.simulation.worker`): on a loop from
+    :func:`~p2pfl.simulation.worker.new_simulation_loop` (``run_simulation`` uses one)
+    a training phase waits for the loop to go idle; on any other loop it starts at once.
+    With ``config.pin_cpu`` (and ``torch_threads = 1``) the calling thread and the worker
+    stay on the core the run starts on until it ends.
+
     Args:
         config: the experiment.
         progress: called after each round closes across all nodes.
@@ -79,8 +86,9 @@ async def simulate(
     started = time.perf_counter()
     context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
-    # thread keeps those turns free of contention (see PhasedWorker for the hand-back).
-    executor = PhasedWorker()
+    # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
+    cpu = pinned_cpu(config)
+    executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
             security_for, authenticator = _link_security(config.curve, experiment.names, context)
@@ -175,11 +183,14 @@ async def simulate(
                     revived = await start_late(node.name, outage.fail_round + 1)
                     await revived.run()
 
-                async with asyncio.TaskGroup() as group:
-                    for node in nodes:
-                        group.create_task(lifecycle(node), name=f"run-{node.name}")
-                    for name, after_round in joins.items():
-                        group.create_task(join(name, after_round), name=f"join-{name}")
+                # pinned only now: ZeroMQ's I/O thread, started with the first socket,
+                # keeps every core (it inherits its creator's at birth)
+                with pinned_thread(cpu):
+                    async with asyncio.TaskGroup() as group:
+                        for node in nodes:
+                            group.create_task(lifecycle(node), name=f"run-{node.name}")
+                        for name, after_round in joins.items():
+                            group.create_task(join(name, after_round), name=f"join-{name}")
     finally:
         recorder.close()
         executor.shutdown(wait=True)
@@ -197,10 +208,18 @@ async def simulate(
 
 
 def run_simulation(
-    config: ExperimentConfig, *, progress: Callable[[RoundSummary], None] | None = None
+    config: ExperimentConfig,
+    *,
+    progress: Callable[[RoundSummary], None] | None = None,
+    experiment: Experiment | None = None,
 ) -> SimulationResult:
-    """Blocking wrapper around :func:`simulate` for scripts."""
-    return asyncio.run(simulate(config, progress=progress))
+    """Blocking wrapper around :func:`simulate` for scripts.
+
+    Runs it on an event loop that lets the shared training worker take turns with it
+    (:func:`~p2pfl.simulation.worker.new_simulation_loop`), as ``p2pfl simulate`` does.
+    """
+    with asyncio.Runner(loop_factory=new_simulation_loop) as runner:
+        return runner.run(simulate(config, progress=progress, experiment=experiment))
 
 
 def _link_security(curve: bool, names: list[str], context: zmq.Context) -> tuple[Any, Any]:

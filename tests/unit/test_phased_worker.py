@@ -1,12 +1,14 @@
-"""The simulation's worker: jobs in order, results (and errors) all delivered."""
+"""The simulation's worker: jobs in order, round jobs in stages, phases gated on an idle
+loop, results (and errors) all delivered."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
-from p2pfl.simulation.worker import PhasedWorker
+from p2pfl.simulation.worker import PhasedWorker, loop_idle_event, new_simulation_loop
 
 
 async def test_results_and_errors_reach_their_awaiters_in_submission_order():
@@ -38,3 +40,102 @@ def test_held_results_are_delivered_after_max_hold_even_if_jobs_keep_coming():
     worker.shutdown()
     with pytest.raises(RuntimeError, match="shutdown"):
         worker.submit(lambda: None)
+
+
+async def test_a_phase_runs_every_first_stage_before_any_second_and_delivers_them_together():
+    idle = threading.Event()  # closed: the jobs queue up until the test opens it
+    worker = PhasedWorker(idle=idle, max_idle_wait=30)
+    log: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def stages(i: int) -> tuple[object, object]:
+        def finish() -> int:
+            log.append(f"finish {i}")
+            if i == 1:
+                raise ValueError("finish 1 fails")
+            return i
+
+        def train(value: int) -> int:
+            log.append(f"train {i}")
+            if i == 2:
+                raise KeyError("train 2 fails")
+            return value * 10
+
+        return finish, train
+
+    try:
+        futures = [worker.submit_round(loop, *stages(i)) for i in range(4)]  # type: ignore[arg-type]
+        idle.set()
+        done, _ = await asyncio.wait([futures[0]], timeout=10)
+        assert done
+        # one hand-back for the whole phase: the others are settled in the same callback
+        assert all(f.done() for f in futures)
+    finally:
+        worker.shutdown(wait=True)
+    assert log == ["finish 0", "finish 1", "finish 2", "finish 3", "train 0", "train 2", "train 3"]
+    assert futures[0].result() == 0 and futures[3].result() == 30
+    assert isinstance(futures[1].exception(), ValueError)  # its train never ran
+    assert isinstance(futures[2].exception(), KeyError)
+
+
+def test_a_phase_waits_for_the_loop_to_go_idle():
+    idle = threading.Event()
+    released = threading.Event()
+    worker = PhasedWorker(idle=idle, max_idle_wait=30)
+    try:
+        future = worker.submit(released.is_set)  # True only if it ran after the release
+        released.set()
+        idle.set()
+        assert future.result(timeout=10) is True
+    finally:
+        worker.shutdown()
+
+
+def test_a_loop_that_never_goes_idle_does_not_starve_the_worker():
+    worker = PhasedWorker(idle=threading.Event(), max_idle_wait=0.01)
+    try:
+        assert worker.submit(lambda: "done").result(timeout=10) == "done"
+    finally:
+        worker.shutdown()
+
+
+async def test_a_result_for_a_cancelled_awaiter_is_dropped_and_the_worker_goes_on():
+    idle = threading.Event()
+    worker = PhasedWorker(idle=idle, max_idle_wait=30)
+    loop = asyncio.get_running_loop()
+    try:
+        abandoned = worker.submit_round(loop, lambda: 1, lambda value: value)
+        abandoned.cancel()
+        kept = worker.submit_round(loop, lambda: 2, lambda value: value + 1)
+        idle.set()
+        assert await asyncio.wait_for(kept, 10) == 3
+        assert await asyncio.wait_for(asyncio.wrap_future(worker.submit(lambda: "still up")), 10) == "still up"
+    finally:
+        worker.shutdown()
+
+
+def test_the_simulation_loop_flags_idleness_while_it_waits_and_other_loops_have_no_flag():
+    loop = new_simulation_loop()
+    try:
+        idle = loop_idle_event(loop)
+        assert idle is not None and not idle.is_set()
+
+        async def wait_until_flagged() -> bool:
+            seen = loop.create_future()
+
+            def watch() -> None:  # another thread sees the flag once the loop blocks
+                flagged = idle.wait(10)
+                loop.call_soon_threadsafe(seen.set_result, flagged)
+
+            threading.Thread(target=watch, daemon=True).start()
+            return await asyncio.wait_for(seen, 10)
+
+        assert loop.run_until_complete(wait_until_flagged()) is True
+        assert not idle.is_set()  # cleared as soon as the loop runs again
+    finally:
+        loop.close()
+    plain = asyncio.new_event_loop()
+    try:
+        assert loop_idle_event(plain) is None
+    finally:
+        plain.close()

@@ -188,3 +188,30 @@ def test_a_header_with_more_objects_than_the_budget_is_refused():
     header["meta"] = {"pad": [[0]] * 600}  # 1200 objects in ~1.2 kB: over it
     with pytest.raises(WireError, match="more than 1088 objects"):
         decode(with_header(frames, header), limits=limits)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda h: h["tensors"][1].__setitem__(3, float(h["tensors"][1][3])),  # nbytes 16.0 == 16
+        lambda h: h["tensors"][0].__setitem__(2, [float(d) for d in h["tensors"][0][2]]),  # shape [4.0, 3.0]
+    ],
+)
+def test_a_table_equal_to_the_models_in_value_but_not_in_type_is_still_refused(mutate):
+    # decode's shortcut compares the table with the model's packed table: a float where
+    # a size belongs compares equal in Python, but must not slip through
+    frames = encode()
+    header = header_of(frames)
+    mutate(header)
+    assert header["tensors"] == header_of(frames)["tensors"]  # equal values...
+    assert reason_of(with_header(frames, header)) == "bad_header"  # ...still malformed
+
+
+def test_a_table_in_another_order_than_the_models_is_accepted():
+    frames = encode()
+    header = header_of(frames)
+    order = [2, 0, 1]
+    header["tensors"] = [header["tensors"][i] for i in order]
+    message = decode([msgpack.packb(header), *(frames[1 + i] for i in order)])
+    for name, array in model_tensors().items():
+        np.testing.assert_array_equal(message.tensors[name], array)
