@@ -558,17 +558,6 @@ class Node:
         )
         self._send_to((message.sender,), frames, control=True)
 
-    def _worker_step(
-        self,
-        previous: _WorkerStep | None,
-        exchange: _Exchange | None,
-        train_round: int | None,
-        adopt: Weights | None = None,
-    ) -> _WorkerStep:
-        """Runs in the worker: finish a round (mix, evaluate), then train the next one
-        (from ``adopt``-ed weights when catching up)."""
-        return self._train_stage(self._finish_stage(previous, exchange, adopt), train_round)
-
     def _finish_stage(
         self, previous: _WorkerStep | None, exchange: _Exchange | None, adopt: Weights | None
     ) -> _Finished:
@@ -712,16 +701,21 @@ class Node:
         train_round: int | None,
         adopt: Weights | None = None,
     ) -> _WorkerStep:
-        """Hand one worker step to the executor: as two stages to one that takes them
-        (a simulation's shared worker groups the nodes' stages), else as one job."""
+        """One worker step: finish a round (mix, evaluate), then train the next one (from
+        ``adopt``-ed weights when catching up). An executor that takes stages gets the
+        two halves (a simulation's shared worker groups the nodes' stages), any other one
+        a single job."""
         loop = asyncio.get_running_loop()
+
+        def finish() -> _Finished:
+            return self._finish_stage(previous, exchange, adopt)
+
+        def train(finished: _Finished) -> _WorkerStep:
+            return self._train_stage(finished, train_round)
+
         if self._staged is not None:
-            return await self._staged.submit_round(
-                loop,
-                lambda: self._finish_stage(previous, exchange, adopt),
-                lambda finished: self._train_stage(finished, train_round),
-            )
-        return await loop.run_in_executor(self._executor, self._worker_step, previous, exchange, train_round, adopt)
+            return await self._staged.submit_round(loop, finish, train)
+        return await loop.run_in_executor(self._executor, lambda: train(finish()))
 
     # -- receiving ---------------------------------------------------------------------
 
