@@ -58,12 +58,12 @@ def mix(
     return mixed
 
 
+_isfinite = np.isfinite  # a module global: called per tensor twice a round
+
+
 def all_finite(weights: Mapping[str, np.ndarray]) -> bool:
     """No NaN or Inf in any floating-point tensor of ``weights``."""
     for tensor in weights.values():
         if tensor.dtype.kind == "f" and not _isfinite(tensor).all():
             return False
     return True
-
-
-_isfinite = np.isfinite

@@ -564,10 +564,7 @@ class Node:
         """First half of a worker step: adopt weights, or mix and evaluate the round."""
         started = time.perf_counter()
         if adopt is not None:
-            self.learner.set_weights(adopt)
-            restart = getattr(self.learner, "restart_optimizer", None)
-            if callable(restart):  # momentum of the old model would push the new one astray
-                restart()
+            self._replace_weights(adopt)
         mixed = metrics = None
         if previous is not None and exchange is not None:
             if exchange.secure_sum is not None and self.secure is not None:
@@ -597,15 +594,20 @@ class Node:
             weights = self.learner.get_weights()
             if not all_finite(weights):  # never send (or keep training) a NaN model
                 self._non_finite(train_round, f"local training (train loss {trained.loss})")
-                self.learner.set_weights(start)
-                restart = getattr(self.learner, "restart_optimizer", None)
-                if callable(restart):  # its momentum is NaN too
-                    restart()
+                self._replace_weights(start)  # its momentum is NaN too
                 weights = self.learner.get_weights()
         return _WorkerStep(
             mixed=finished.mixed, metrics=finished.metrics, trained=trained, weights=weights,
             train_seconds=time.perf_counter() - started,
         )
+
+    def _replace_weights(self, weights: Weights) -> None:
+        """Load weights that did not come from our own last step, and forget the
+        optimizer state (momentum) of the model they replace, if the learner keeps any."""
+        self.learner.set_weights(weights)
+        restart = getattr(self.learner, "restart_optimizer", None)
+        if callable(restart):
+            restart()
 
     def _non_finite(self, round_: int, during: str) -> None:
         self.stats.non_finite_models += 1

@@ -63,7 +63,7 @@ def new_simulation_loop() -> asyncio.AbstractEventLoop:
     """An asyncio event loop that tells the simulation's worker when it is idle.
 
     ``run_simulation`` and ``p2pfl simulate`` run on one; :func:`simulate` on any other
-    loop works the same, only without the turn-taking (a few percent slower).
+    loop works the same, only without the turn-taking (phases start as jobs arrive).
     """
     idle = threading.Event()
     loop = asyncio.SelectorEventLoop(_IdleSignallingSelector(idle))
