@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from p2pfl import wire
 from p2pfl.errors import NodeError, TransportError, WireError
@@ -32,22 +32,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-A = TypeVar("A")
-B = TypeVar("B")
-
-
 @runtime_checkable
 class StagedExecutor(Protocol):
-    """An executor that also takes a job in two stages, ``train(finish())``.
+    """An executor that also takes a job in stages: ``stages[-1](... stages[0](value))``.
 
     A simulation's shared worker (:class:`~p2pfl.simulation.worker.PhasedWorker`) runs
-    every node's first stage before any node's second one; a node given any other
-    executor submits the two stages as one job.
+    every node's first stage before any node's second one, and so on; a node given any
+    other executor submits its stages as one job.
     """
 
-    def submit_round(
-        self, loop: asyncio.AbstractEventLoop, finish: Callable[[], A], train: Callable[[A], B]
-    ) -> asyncio.Future[B]: ...
+    def submit_stages(
+        self, loop: asyncio.AbstractEventLoop, value: Any, stages: Sequence[Callable[[Any], Any]]
+    ) -> asyncio.Future[Any]: ...
 
 #: Async models say so in their meta: a member configured with the other mode is told
 #: apart (rejected as ``mode_mismatch``) instead of mixing clocks with rounds.
@@ -68,13 +64,20 @@ class _WorkerStep:
     train_seconds: float
 
 
-@dataclass(frozen=True)
-class _Finished:
-    """The first stage of a worker step: the finished round's mix and metrics."""
+@dataclass
+class _StepWork:
+    """A worker step in the making: each stage reads what the ones before it left."""
 
-    mixed: Weights | None
-    metrics: RoundMetrics | None
-    start: Weights | None  # what the next round's training starts from, if known
+    previous: _WorkerStep | None  # the step whose round is being finished
+    exchange: _Exchange | None  # that round's communication
+    adopt: Weights | None  # weights to take over instead (catching up)
+    train_round: int | None  # the round to train next, if any
+    mixed: Weights | None = None
+    metrics: RoundMetrics | None = None
+    start: Weights | None = None  # what the training started from: restored if it fails
+    trained: TrainResult | None = None
+    finish_seconds: float = 0.0  # mixing and evaluating
+    train_seconds: float = 0.0  # training and snapshotting
 
 
 @dataclass(frozen=True)
@@ -558,15 +561,11 @@ class Node:
         )
         self._send_to((message.sender,), frames, control=True)
 
-    def _finish_stage(
-        self, previous: _WorkerStep | None, exchange: _Exchange | None, adopt: Weights | None
-    ) -> _Finished:
-        """First half of a worker step: adopt weights, or mix and evaluate the round."""
+    def _mix_stage(self, work: _StepWork) -> _StepWork:
+        """Average the finished round's models (nothing to do when adopting or starting)."""
         started = time.perf_counter()
-        if adopt is not None:
-            self._replace_weights(adopt)
-        mixed = metrics = None
-        if previous is not None and exchange is not None:
+        exchange = work.exchange
+        if work.previous is not None and exchange is not None:
             if exchange.secure_sum is not None and self.secure is not None:
                 mixed = self.secure.combine(exchange.own, exchange.secure_sum, exchange.weights)
             else:
@@ -574,31 +573,52 @@ class Node:
             if not all_finite(mixed):  # finite but extreme models can overflow the sum
                 self._non_finite(exchange.round, "averaging with " + ", ".join(sorted(exchange.received)))
                 mixed = exchange.own
-            self.learner.set_weights(mixed)
-            evaluation = self.learner.evaluate()
-            metrics = self._round_metrics(previous, exchange, evaluation, time.perf_counter() - started)
-            if self.checkpoint is not None:
-                self.checkpoint(metrics)
-        return _Finished(mixed=mixed, metrics=metrics, start=mixed if mixed is not None else adopt)
+            work.mixed = mixed
+        work.finish_seconds += time.perf_counter() - started
+        return work
 
-    def _train_stage(self, finished: _Finished, train_round: int | None) -> _WorkerStep:
-        """Second half of a worker step: train ``train_round`` and snapshot the weights."""
+    def _evaluate_stage(self, work: _StepWork) -> _StepWork:
+        """Load the mixed (or adopted) weights and evaluate the finished round."""
         started = time.perf_counter()
-        trained = weights = None
-        if train_round is not None:
-            start = finished.start
-            if start is None:  # the first round only: nothing mixed or adopted to fall back on
-                start = self.learner.get_weights()
-            trained = self.learner.train(train_round)
+        if work.adopt is not None:
+            self._replace_weights(work.adopt)
+        if work.mixed is not None:
+            assert work.previous is not None and work.exchange is not None
+            self.learner.set_weights(work.mixed)
+            evaluation = self.learner.evaluate()
+            work.finish_seconds += time.perf_counter() - started
+            work.metrics = self._round_metrics(work.previous, work.exchange, evaluation, work.finish_seconds)
+            if self.checkpoint is not None:
+                self.checkpoint(work.metrics)
+        return work
+
+    def _train_stage(self, work: _StepWork) -> _StepWork:
+        """Train the next round from the weights the learner now holds."""
+        started = time.perf_counter()
+        if work.train_round is not None:
+            work.start = work.mixed if work.mixed is not None else work.adopt
+            if work.start is None:  # the first round: nothing mixed or adopted to fall back on
+                work.start = self.learner.get_weights()
+            work.trained = self.learner.train(work.train_round)
+        work.train_seconds += time.perf_counter() - started
+        return work
+
+    def _snapshot_stage(self, work: _StepWork) -> _WorkerStep:
+        """Snapshot the trained weights to send; a NaN model is dropped for the one before."""
+        started = time.perf_counter()
+        weights = None
+        if work.trained is not None:
+            assert work.train_round is not None
             # A fresh snapshot: its frames may sit in a slow peer's queue while we train on.
             weights = self.learner.get_weights()
             if not all_finite(weights):  # never send (or keep training) a NaN model
-                self._non_finite(train_round, f"local training (train loss {trained.loss})")
-                self._replace_weights(start)  # its momentum is NaN too
+                self._non_finite(work.train_round, f"local training (train loss {work.trained.loss})")
+                assert work.start is not None
+                self._replace_weights(work.start)  # its momentum is NaN too
                 weights = self.learner.get_weights()
         return _WorkerStep(
-            mixed=finished.mixed, metrics=finished.metrics, trained=trained, weights=weights,
-            train_seconds=time.perf_counter() - started,
+            mixed=work.mixed, metrics=work.metrics, trained=work.trained, weights=weights,
+            train_seconds=work.train_seconds + time.perf_counter() - started,
         )
 
     def _replace_weights(self, weights: Weights) -> None:
@@ -704,20 +724,23 @@ class Node:
         adopt: Weights | None = None,
     ) -> _WorkerStep:
         """One worker step: finish a round (mix, evaluate), then train the next one (from
-        ``adopt``-ed weights when catching up). An executor that takes stages gets the
-        two halves (a simulation's shared worker groups the nodes' stages), any other one
-        a single job."""
+        ``adopt``-ed weights when catching up). An executor that takes stages gets them
+        one by one (a simulation's shared worker runs each stage for all its nodes in
+        turn), any other one a single job."""
+        work = _StepWork(previous, exchange, adopt, train_round)
+        stages = (self._mix_stage, self._evaluate_stage, self._train_stage, self._snapshot_stage)
         loop = asyncio.get_running_loop()
-
-        def finish() -> _Finished:
-            return self._finish_stage(previous, exchange, adopt)
-
-        def train(finished: _Finished) -> _WorkerStep:
-            return self._train_stage(finished, train_round)
-
         if self._staged is not None:
-            return await self._staged.submit_round(loop, finish, train)
-        return await loop.run_in_executor(self._executor, lambda: train(finish()))
+            step: _WorkerStep = await self._staged.submit_stages(loop, work, stages)
+            return step
+
+        def all_stages() -> _WorkerStep:
+            value: Any = work
+            for stage in stages:
+                value = stage(value)
+            return value  # type: ignore[no-any-return]
+
+        return await loop.run_in_executor(self._executor, all_stages)
 
     # -- receiving ---------------------------------------------------------------------
 

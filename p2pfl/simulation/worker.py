@@ -8,9 +8,11 @@ So the worker runs in phases:
 
 * a phase starts once the event loop has gone idle (blocked waiting for sockets or
   timers; the loop from :func:`new_simulation_loop` says so), or at once on any other loop;
-* a phase runs every job queued by then, round jobs in two stages: every node's "finish
-  the round" (mix, evaluate) before any node's "train the next one", which keeps the
-  same kind of torch work together (measured ~5 % faster than interleaving them);
+* a phase runs every job queued by then, staged jobs stage by stage: every node's mix,
+  then every node's evaluation, then every node's training, then every snapshot. Doing
+  the same kind of work back to back keeps its code and data in the caches: taking a
+  snapshot right after each training instead measured 1.4x slower, the overall
+  simulation measured about 5 % faster in stages than with one job per node;
 * results go back when the queue runs dry (or after ``max_hold`` seconds), with one
   wake-up of the loop per phase instead of one per job;
 * the loop's thread and the worker stay on one core (:func:`pinned_thread`): taking turns,
@@ -28,13 +30,10 @@ import selectors
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-A = TypeVar("A")
-B = TypeVar("B")
+from typing import Any
 
 _STOP = object()
 
@@ -114,8 +113,8 @@ def _pin(cpu: int | None) -> set[int] | None:
 
 @dataclass
 class _Job:
-    finish: Callable[[], Any] | None  # first stage (round jobs only)
-    train: Callable[[Any], Any]  # second stage, given the first stage's result
+    stages: Sequence[Callable[[Any], Any]]  # each is given the previous one's result
+    value: Any  # the first stage's input
     future: Future[Any] | asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop | None = None  # set for asyncio futures
 
@@ -123,8 +122,9 @@ class _Job:
 class PhasedWorker(Executor):
     """A single-thread executor that runs jobs in phases and completes them in batches.
 
-    Plain :meth:`submit` jobs run in submission order; :meth:`submit_round` jobs run in
-    two stages (all first stages of a phase, then all second stages). Results are
+    Plain :meth:`submit` jobs run in submission order; :meth:`submit_stages` jobs run
+    stage by stage (every job's first stage in a phase, then every second stage, ...,
+    each job's stages in its own order). Results are
     delivered when no job is waiting, or when the oldest undelivered one is
     ``max_hold`` seconds old.
 
@@ -158,16 +158,17 @@ class PhasedWorker(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self._check_open()
         future: Future[Any] = Future()
-        self._jobs.put(_Job(None, lambda _: fn(*args, **kwargs), future))
+        self._jobs.put(_Job((lambda _: fn(*args, **kwargs),), None, future))
         return future
 
-    def submit_round(
-        self, loop: asyncio.AbstractEventLoop, finish: Callable[[], A], train: Callable[[A], B]
-    ) -> asyncio.Future[B]:
-        """Run ``train(finish())`` in the worker; the result arrives on ``loop``."""
+    def submit_stages(
+        self, loop: asyncio.AbstractEventLoop, value: Any, stages: Sequence[Callable[[Any], Any]]
+    ) -> asyncio.Future[Any]:
+        """Run ``stages[-1](... stages[1](stages[0](value)))`` in the worker; the result
+        (or the first stage's exception, skipping the rest) arrives on ``loop``."""
         self._check_open()
-        future: asyncio.Future[B] = loop.create_future()
-        self._jobs.put(_Job(finish, train, future, loop))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Job(tuple(stages), value, future, loop))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -211,22 +212,27 @@ class PhasedWorker(Executor):
     @staticmethod
     def _run_phase(jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
         done: list[tuple[_Job, bool, Any]] = []
-        started: list[tuple[_Job, Any]] = []
-        for job in jobs:
-            if isinstance(job.future, Future) and not job.future.set_running_or_notify_cancel():
-                continue
-            if job.finish is None:
-                started.append((job, None))
-                continue
-            try:
-                started.append((job, job.finish()))
-            except BaseException as exc:  # delivered to the awaiting node, like any executor
-                done.append((job, False, exc))
-        for job, first_stage in started:
-            try:
-                done.append((job, True, job.train(first_stage)))
-            except BaseException as exc:
-                done.append((job, False, exc))
+        # jobs still going, with the value their next stage takes
+        going = [
+            [job, job.value] for job in jobs
+            if not isinstance(job.future, Future) or job.future.set_running_or_notify_cancel()
+        ]
+        stage = 0
+        while going:
+            still: list[list[Any]] = []
+            for entry in going:
+                job = entry[0]
+                try:
+                    entry[1] = job.stages[stage](entry[1])
+                except BaseException as exc:  # delivered to the awaiting node, like any executor
+                    done.append((job, False, exc))
+                    continue
+                if stage + 1 < len(job.stages):
+                    still.append(entry)
+                else:
+                    done.append((job, True, entry[1]))
+            going = still
+            stage += 1
         return done
 
     @staticmethod

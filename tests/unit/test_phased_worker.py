@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -42,18 +43,18 @@ def test_held_results_are_delivered_after_max_hold_even_if_jobs_keep_coming():
         worker.submit(lambda: None)
 
 
-async def test_a_phase_runs_every_first_stage_before_any_second_and_delivers_them_together():
+async def test_a_phase_runs_each_stage_for_every_job_before_the_next_and_delivers_them_together():
     idle = threading.Event()  # closed: the jobs queue up until the test opens it
     worker = PhasedWorker(idle=idle, max_idle_wait=30)
     log: list[str] = []
     loop = asyncio.get_running_loop()
 
-    def stages(i: int) -> tuple[object, object]:
-        def finish() -> int:
+    def stages(i: int) -> list[Callable[[int], int]]:
+        def finish(value: int) -> int:
             log.append(f"finish {i}")
             if i == 1:
                 raise ValueError("finish 1 fails")
-            return i
+            return value
 
         def train(value: int) -> int:
             log.append(f"train {i}")
@@ -61,10 +62,15 @@ async def test_a_phase_runs_every_first_stage_before_any_second_and_delivers_the
                 raise KeyError("train 2 fails")
             return value * 10
 
-        return finish, train
+        def snapshot(value: int) -> int:
+            log.append(f"snapshot {i}")
+            return value + 1
+
+        # job 3 has no snapshot stage: jobs may have different numbers of stages
+        return [finish, train, snapshot] if i < 3 else [finish, train]
 
     try:
-        futures = [worker.submit_round(loop, *stages(i)) for i in range(4)]  # type: ignore[arg-type]
+        futures = [worker.submit_stages(loop, i, stages(i)) for i in range(4)]
         idle.set()
         done, _ = await asyncio.wait([futures[0]], timeout=10)
         assert done
@@ -72,9 +78,11 @@ async def test_a_phase_runs_every_first_stage_before_any_second_and_delivers_the
         assert all(f.done() for f in futures)
     finally:
         worker.shutdown(wait=True)
-    assert log == ["finish 0", "finish 1", "finish 2", "finish 3", "train 0", "train 2", "train 3"]
-    assert futures[0].result() == 0 and futures[3].result() == 30
-    assert isinstance(futures[1].exception(), ValueError)  # its train never ran
+    assert log == [
+        "finish 0", "finish 1", "finish 2", "finish 3", "train 0", "train 2", "train 3", "snapshot 0",
+    ]
+    assert futures[0].result() == 1 and futures[3].result() == 30
+    assert isinstance(futures[1].exception(), ValueError)  # its later stages never ran
     assert isinstance(futures[2].exception(), KeyError)
 
 
@@ -104,9 +112,9 @@ async def test_a_result_for_a_cancelled_awaiter_is_dropped_and_the_worker_goes_o
     worker = PhasedWorker(idle=idle, max_idle_wait=30)
     loop = asyncio.get_running_loop()
     try:
-        abandoned = worker.submit_round(loop, lambda: 1, lambda value: value)
+        abandoned = worker.submit_stages(loop, 1, [lambda value: value])
         abandoned.cancel()
-        kept = worker.submit_round(loop, lambda: 2, lambda value: value + 1)
+        kept = worker.submit_stages(loop, 2, [lambda value: value, lambda value: value + 1])
         idle.set()
         assert await asyncio.wait_for(kept, 10) == 3
         assert await asyncio.wait_for(asyncio.wrap_future(worker.submit(lambda: "still up")), 10) == "still up"
