@@ -13,13 +13,17 @@ Prints the wall time of each and the ratio simulation / plain loop (target <= 1.
 the median of back-to-back pairs' ratios, plus the ratio of medians and of minimums.
 Both sides run as users run them: the simulation through ``run_simulation`` (the
 ``p2pfl simulate`` path), the plain loop through ``run_reference``; with the default
-``pin_cpu`` both keep their threads on the core they start on.
+``pin_cpu`` both keep their threads on the core they start on. Both runs of a pair start
+on the same core, and the pairs take the cores in turn: on a VM one core can run much
+slower than the other for minutes (a busy neighbour), which would otherwise decide a
+pair's ratio by which core each run happened to start on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -27,6 +31,7 @@ from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.reference import run_reference
 from p2pfl.simulation.setup import build_experiment
 from p2pfl.simulation.simulator import run_simulation
+from p2pfl.simulation.worker import pinned_thread
 
 
 def main() -> None:
@@ -54,16 +59,18 @@ def main() -> None:
         run_simulation(config, experiment=experiment)
         return time.perf_counter() - started
 
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
     plain, networked = [], []
     for repeat in range(args.repeats):
-        # back-to-back pairs, in alternating order: the VM's speed drifts (the plain loop
-        # alone varies 1.7-2.6 s), so each pair's ratio compares like with like
-        if repeat % 2:
-            networked.append(networked_run())
-            plain.append(plain_run())
-        else:
-            plain.append(plain_run())
-            networked.append(networked_run())
+        # back-to-back pairs on one core, in alternating order: the VM's speed drifts
+        # (the plain loop alone varies 1.7-3.5 s), so each pair compares like with like
+        with pinned_thread(cores[repeat % len(cores)]):
+            if repeat % 2:
+                networked.append(networked_run())
+                plain.append(plain_run())
+            else:
+                plain.append(plain_run())
+                networked.append(networked_run())
     pair_ratios = [n / p for n, p in zip(networked, plain, strict=True)]
     result = {
         "nodes": args.nodes, "rounds": args.rounds, "topology": args.topology,
@@ -77,6 +84,7 @@ def main() -> None:
         # best of each side, as timeit reports: the runs least slowed by the machine
         "ratio_of_minimums": min(networked) / min(plain),
         "pair_ratios": [round(r, 3) for r in pair_ratios],
+        "pair_cores": [cores[repeat % len(cores)] for repeat in range(args.repeats)],
         "ratio": statistics.median(pair_ratios),  # median of the back-to-back pairs' ratios
     }
     print(json.dumps(result, indent=2))
