@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--topology", default="ring")
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--transport", default="inproc")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     config = ExperimentConfig(
         nodes=args.nodes, rounds=args.rounds, topology=args.topology, model=args.model,
