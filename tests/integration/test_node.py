@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgpack
 import numpy as np
@@ -11,6 +12,7 @@ import zmq
 import zmq.asyncio
 
 from p2pfl import Node, NodeConfig, StaticSchedule, WireLimits, ZmqTransport, build_topology
+from p2pfl.simulation.worker import PhasedWorker
 from p2pfl.testing import model_frames, tiny_learner, with_header
 
 TIMEOUT = 10.0
@@ -20,11 +22,14 @@ def ring_schedule(n: int = 3) -> StaticSchedule:
     return StaticSchedule(build_topology("ring", n))
 
 
-def make_node(context, name="0", *, rounds=5, round_timeout=TIMEOUT, schedule=None, limits=None):
+def make_node(context, name="0", *, rounds=5, round_timeout=TIMEOUT, schedule=None, limits=None, executor=None):
     config = NodeConfig(
         name=name, rounds=rounds, round_timeout=round_timeout, limits=limits or WireLimits()
     )
-    return Node(config, tiny_learner(int(name)), schedule or ring_schedule(), ZmqTransport(context, "tcp://127.0.0.1:0"))
+    return Node(
+        config, tiny_learner(int(name)), schedule or ring_schedule(), ZmqTransport(context, "tcp://127.0.0.1:0"),
+        executor=executor,
+    )
 
 
 @pytest.fixture
@@ -175,11 +180,17 @@ async def test_a_context_made_inline_stays_alive_as_long_as_its_transport():
     assert [[m.received_from for m in h] for h in histories] == [[("1",), ("1",)], [("0",), ("0",)]]
 
 
-async def test_an_extreme_but_finite_model_never_makes_the_node_send_nan(context, intruder):
+@pytest.mark.parametrize("worker", ["private", "phased"])
+async def test_an_extreme_but_finite_model_never_makes_the_node_send_nan(context, intruder, worker):
     """Finite 3e38 weights pass the wire checks, then overflow in training: the node
-    must notice, keep its weights finite, count it and go on."""
+    must notice, keep its weights finite, count it and go on — on its own worker thread
+    (a deployment) and on the simulation's staged one."""
     schedule = StaticSchedule(build_topology("line", 2))
-    async with make_node(context, "0", rounds=2, schedule=schedule) as node:
+    executor = PhasedWorker() if worker == "phased" else None
+    async with contextlib.AsyncExitStack() as stack:
+        if executor is not None:
+            stack.callback(executor.shutdown)
+        node = await stack.enter_async_context(make_node(context, "0", rounds=2, schedule=schedule, executor=executor))
         node.add_peer("1", "tcp://127.0.0.1:1")
         sock = intruder(node.endpoint)
         extreme = {k: np.full_like(v, 3e38) for k, v in tiny_learner(1).get_weights().items()}
