@@ -15,7 +15,7 @@ import torch
 
 from p2pfl.learning.learner import Weights
 from p2pfl.simulation.recorder import RoundSummary, model_distances
-from p2pfl.simulation.setup import Experiment, pinned_cpu, torch_threads
+from p2pfl.simulation.setup import Experiment, claimed_cpu, torch_threads
 from p2pfl.simulation.worker import pinned_thread
 from p2pfl.topology import mixing_matrix_for_round
 
@@ -25,7 +25,7 @@ def run_reference(
 ) -> list[Weights]:
     """Run ``experiment`` in-process; returns each node's final weights (index order)."""
     # the same conditions as the simulation: its threads share one core (see worker.py)
-    with torch_threads(experiment.config.torch_threads), pinned_thread(pinned_cpu(experiment.config)):
+    with torch_threads(experiment.config.torch_threads), claimed_cpu(experiment.config) as cpu, pinned_thread(cpu):
         return _run(experiment, on_round)
 
 

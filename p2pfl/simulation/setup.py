@@ -25,7 +25,7 @@ from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.learning.learner import ArrayBatches, TorchLearner
 from p2pfl.learning.models import build_model
 from p2pfl.simulation.config import ExperimentConfig
-from p2pfl.simulation.worker import current_cpu
+from p2pfl.simulation.worker import claimed_core, current_cpu
 from p2pfl.topology import RandomPeerSchedule, StaticSchedule, Topology, build_topology
 from p2pfl.topology.schedule import GossipSchedule
 
@@ -247,12 +247,17 @@ def _node_count(config: ExperimentConfig) -> int | None:
     return None if Path(config.topology).exists() else DEFAULT_NODES
 
 
-def pinned_cpu(config: ExperimentConfig) -> int | None:
-    """The core to keep a run's threads on (the caller's current one), or None.
+@contextlib.contextmanager
+def claimed_cpu(config: ExperimentConfig) -> Iterator[int | None]:
+    """The core to keep a run's threads on, held for the block, or None (not pinned).
 
-    Only single-threaded torch is pinned: intra-op threads need the other cores.
+    The caller's current core, or another if a simulation running beside this one holds
+    it (:func:`~p2pfl.simulation.worker.claimed_core`). Only single-threaded torch is
+    pinned: intra-op threads need the other cores.
     """
-    return current_cpu() if config.pin_cpu and config.torch_threads == 1 else None
+    preferred = current_cpu() if config.pin_cpu and config.torch_threads == 1 else None
+    with claimed_core(preferred) as cpu:
+        yield cpu
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, pars
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
-from p2pfl.simulation.setup import Experiment, build_experiment, pinned_cpu, torch_threads
+from p2pfl.simulation.setup import Experiment, build_experiment, claimed_cpu, torch_threads
 from p2pfl.simulation.worker import PhasedWorker, loop_idle_event, new_simulation_loop, pinned_thread
 from p2pfl.topology import spectral_gap
 from p2pfl.transport import ZmqTransport
@@ -72,7 +72,8 @@ async def simulate(
     :func:`~p2pfl.simulation.worker.new_simulation_loop` (``run_simulation`` uses one)
     a training phase waits for the loop to go idle; on any other loop it starts at once.
     With ``config.pin_cpu`` (and ``torch_threads = 1``) the calling thread and the worker
-    stay on the core the run starts on until it ends.
+    stay on the core the run starts on until it ends (on another one if a simulation
+    beside this one holds it).
 
     Args:
         config: the experiment.
@@ -80,6 +81,16 @@ async def simulate(
         experiment: a pre-built experiment (tests and benchmarks); built from ``config``
             otherwise.
     """
+    with claimed_cpu(config) as cpu:
+        return await _simulate(config, cpu, progress, experiment)
+
+
+async def _simulate(
+    config: ExperimentConfig,
+    cpu: int | None,
+    progress: Callable[[RoundSummary], None] | None,
+    experiment: Experiment | None,
+) -> SimulationResult:
     experiment = experiment or build_experiment(config)
     out_dir = Path(config.out) if config.out else None
     recorder = MetricsRecorder(experiment.names, out_dir, progress)
@@ -87,7 +98,6 @@ async def simulate(
     context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
     # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
-    cpu = pinned_cpu(config)
     executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):

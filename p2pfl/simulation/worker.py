@@ -28,6 +28,7 @@ import contextlib
 import os
 import queue
 import selectors
+import socket
 import threading
 import time
 import weakref
@@ -98,6 +99,44 @@ def pinned_thread(cpu: int | None) -> Iterator[None]:
         if before is not None:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def claimed_core(preferred: int | None) -> Iterator[int | None]:
+    """A core for one run to keep its threads on, held by this process inside the block.
+
+    ``preferred`` (the caller's current core) unless another run on this machine holds
+    it; then one of this thread's cores that none holds; None (run unpinned) if every
+    one is held. Pinned threads cannot be moved off a busy core, so two simulations
+    started side by side must not pin the same one. The hold is an abstract Unix socket
+    name: the kernel releases it when the process ends, however it ends.
+    """
+    if preferred is None or not hasattr(os, "sched_getaffinity"):
+        yield None
+        return
+    claim = None
+    for cpu in [preferred, *sorted(os.sched_getaffinity(0) - {preferred})]:
+        claim = _hold(cpu)
+        if claim is not None:
+            break
+    if claim is None:
+        yield None
+        return
+    try:
+        yield cpu
+    finally:
+        claim.close()
+
+
+def _hold(cpu: int) -> socket.socket | None:
+    """Bind the machine-wide name of ``cpu``'s claim; None if another holds it."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0p2pfl-simulation-core-{cpu}")  # abstract namespace: no file to clean up
+    except OSError:
+        claim.close()
+        return None
+    return claim
 
 
 def _pin(cpu: int | None) -> set[int] | None:
