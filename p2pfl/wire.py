@@ -255,7 +255,9 @@ def decode(
                 f"tensor {name!r}: {spec.dtype}{list(spec.shape)} needs {nbytes} bytes, "
                 f"frame has {len(payload)}",
             )
-        tensors[name] = np.frombuffer(payload, dtype=WIRE_DTYPES[spec.dtype]).reshape(spec.shape)
+        array = np.frombuffer(payload, dtype=WIRE_DTYPES[spec.dtype]).reshape(spec.shape)
+        array.flags.writeable = False  # a view of the received frame: nobody may change it
+        tensors[name] = array
     for name, array in tensors.items():
         if array.dtype.kind == "f" and np.count_nonzero(np.isfinite(array)) != array.size:
             raise WireError("non_finite", f"tensor {name!r} holds NaN or Inf")

@@ -74,7 +74,9 @@ def test_decoded_arrays_are_read_only_views_of_the_frames():
     frames = [memoryview(bytearray(f)) for f in encode()]
     message = wire.decode(frames, schema=None)
     weight = message.tensors["fc.weight"]
-    assert not weight.flags.writeable or np.shares_memory(weight, np.asarray(frames[1]))
+    assert np.shares_memory(weight, np.asarray(frames[1]))  # no copy of the payload
+    with pytest.raises(ValueError, match="read-only"):  # even over a writable frame
+        weight[0, 0] = 1.0
 
 
 def test_non_contiguous_and_big_endian_inputs_are_sent_correctly():
