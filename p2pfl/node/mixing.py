@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from p2pfl.learning.learner import Weights
+from p2pfl.wire import first_non_finite
 
 
 class Aggregator(Protocol):
@@ -58,14 +59,6 @@ def mix(
     return mixed
 
 
-_isfinite = np.isfinite  # module globals: called per tensor twice a round
-_count_nonzero = np.count_nonzero
-
-
 def all_finite(weights: Mapping[str, np.ndarray]) -> bool:
     """No NaN or Inf in any floating-point tensor of ``weights``."""
-    for tensor in weights.values():
-        # counting is cheaper than .all(), a Python-level wrapper (5 vs 9 us for the MLP)
-        if tensor.dtype.kind == "f" and _count_nonzero(_isfinite(tensor)) != tensor.size:
-            return False
-    return True
+    return first_non_finite(weights) is None
