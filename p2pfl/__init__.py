@@ -28,6 +28,7 @@ _LAZY = {
     "ArrayBatches": "p2pfl.learning.learner",
     "Consortium": "p2pfl.consortium",
     "CurveSecurity": "p2pfl.security",
+    "DPSGD": "p2pfl.privacy",
     "DPSGDLearner": "p2pfl.privacy",
     "Dataset": "p2pfl.data",
     "EvalResult": "p2pfl.learning.learner",
@@ -50,6 +51,7 @@ _LAZY = {
     "TorchLearner": "p2pfl.learning.learner",
     "TrainResult": "p2pfl.learning.learner",
     "TransportOptions": "p2pfl.transport",
+    "UpdateDP": "p2pfl.privacy",
     "UpdateDPLearner": "p2pfl.privacy",
     "WireLimits": "p2pfl.wire",
     "ZmqTransport": "p2pfl.transport",
@@ -116,7 +118,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from p2pfl.node.mixing import Aggregator
     from p2pfl.node.node import Node, NodeConfig, NodeStats, RoundMetrics
     from p2pfl.node.peers import StartCondition
-    from p2pfl.privacy import DPSGDLearner, UpdateDPLearner
+    from p2pfl.privacy import DPSGD, DPSGDLearner, UpdateDP, UpdateDPLearner
     from p2pfl.security import AllowList, CurveSecurity, KeyPair, curve_authenticator, generate_keypair
     from p2pfl.simulation.config import ExperimentConfig
     from p2pfl.simulation.reference import run_reference

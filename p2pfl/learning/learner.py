@@ -3,7 +3,8 @@
 A node only needs five things from learning: train locally, evaluate, read the weights it
 will share, replace them with the mixed ones, and the schema of what it shares. The
 :class:`Learner` protocol is exactly that; :class:`TorchLearner` implements it for any
-``torch.nn.Module`` + optimizer + data loaders.
+``torch.nn.Module`` + optimizer + data loaders. A :class:`TorchLearner` may train under a
+:class:`TrainingPrivacy` mechanism (differential privacy, implemented in ``p2pfl.privacy``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,44 @@ class Learner(Protocol):
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None: ...
 
 
+class TrainingPrivacy(Protocol):
+    """A privacy mechanism a :class:`TorchLearner` trains under (its ``privacy=`` argument).
+
+    The learner calls :meth:`attach` once, before any training, :meth:`before_round` and
+    :meth:`after_round` around each round's training, and merges :meth:`state` into its
+    own :meth:`TorchLearner.state`. The implementations (``DPSGD``, ``UpdateDP``) live in
+    ``p2pfl.privacy``; learning knows only this protocol.
+    """
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far, at the mechanism's δ."""
+        ...
+
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise standard deviation over the clipping bound."""
+        ...
+
+    def attach(self, learner: TorchLearner) -> None:
+        """Take the learner over: may swap its ``train_module``, ``optimizer`` and ``train_data``."""
+        ...
+
+    def before_round(self, learner: TorchLearner) -> None: ...
+
+    def after_round(self, learner: TorchLearner, result: TrainResult) -> TrainResult:
+        """The round's result as the node sees it, carrying ``epsilon``."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Entries added to the learner's :meth:`TorchLearner.state`."""
+        ...
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore from the learner's whole state (after the learner restored its own part)."""
+        ...
+
+
 class TorchLearner:
     """Local training of a ``torch.nn.Module``.
 
@@ -75,6 +114,10 @@ class TorchLearner:
         seed: seeds this learner's private torch RNG stream (shuffling, dropout). The
             global torch RNG is swapped to this stream while the learner runs, so several
             learners sharing one process stay reproducible.
+        privacy: a :class:`TrainingPrivacy` mechanism to train under, e.g.
+            ``p2pfl.privacy.DPSGD(...)`` (sample-level DP-SGD) or ``UpdateDP(...)``
+            (clipped and noised round updates); each round's result then carries
+            ``epsilon``. ``None`` (default) trains without one.
     """
 
     def __init__(
@@ -89,6 +132,7 @@ class TorchLearner:
         local_steps: int | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        privacy: TrainingPrivacy | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -98,9 +142,27 @@ class TorchLearner:
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.local_epochs = local_epochs
         self.local_steps = local_steps
+        self.seed = seed
         self._rng_state = _seeded_rng_state(seed)
         self._shared = [k for k, v in model.state_dict().items() if v.is_floating_point()]
         self._batches: Any = None  # live iterator, for local_steps that span epochs
+        # what training runs through; weights are always read and written through
+        # self.model, so a privacy wrapper (Opacus' GradSampleModule) keeps the wire names
+        self.train_module: nn.Module = self.model
+        self.privacy: TrainingPrivacy | None = None
+        if privacy is not None:
+            self.set_privacy(privacy)
+
+    def set_privacy(self, privacy: TrainingPrivacy) -> None:
+        """Train under ``privacy`` from now on; call it before the first round, once.
+
+        Raises:
+            ValueError: the learner already has a privacy mechanism.
+        """
+        if self.privacy is not None:
+            raise ValueError(f"this learner already trains under {type(self.privacy).__name__}")
+        privacy.attach(self)
+        self.privacy = privacy
 
     @property
     def num_samples(self) -> int:
@@ -111,18 +173,28 @@ class TorchLearner:
             return 0
 
     def train(self, round: int) -> TrainResult:
+        if self.privacy is not None:
+            self.privacy.before_round(self)
         with _private_rng(self):
-            self.model.train()
-            total, steps = 0.0, 0
+            self.train_module.train()
+            total, counted, steps = 0.0, 0, 0
             for inputs, targets in self._round_batches():
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(inputs), targets)
+                loss = self.loss_fn(self.train_module(inputs), targets)
                 loss.backward()
+                # an empty batch (DP-SGD's Poisson sampling) still takes its step: the
+                # accountant assumes every sampled step happens
                 self.optimizer.step()
-                total += loss.item()
+                if len(targets):  # the mean loss of an empty batch is NaN
+                    total += loss.item()
+                    counted += 1
                 steps += 1
-        return TrainResult(loss=total / max(steps, 1), steps=steps, samples=self.num_samples)
+        mean_loss = total / counted if counted else (math.nan if steps else 0.0)
+        result = TrainResult(loss=mean_loss, steps=steps, samples=self.num_samples)
+        if self.privacy is not None:
+            result = self.privacy.after_round(self, result)
+        return result
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
@@ -155,7 +227,7 @@ class TorchLearner:
         self.optimizer.state.clear()
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: model, optimizer, RNG streams."""
+        """Everything needed to resume exactly: model, optimizer, RNG streams, privacy spent."""
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -163,6 +235,8 @@ class TorchLearner:
         }
         if isinstance(self.train_data, ArrayBatches):
             state["data_rng"] = self.train_data.rng_state()
+        if self.privacy is not None:
+            state.update(self.privacy.state())
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -173,6 +247,8 @@ class TorchLearner:
         if "data_rng" in state and isinstance(self.train_data, ArrayBatches):
             self.train_data.set_rng_state(state["data_rng"])
         self._batches = None
+        if self.privacy is not None:
+            self.privacy.load_state(state)
 
     def _round_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if self.local_steps is None:

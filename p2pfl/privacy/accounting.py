@@ -160,9 +160,7 @@ def privacy_summary(
     a range: in target-ε mode each node's noise depends on its own data size.
     """
     spent = [row["epsilon"] for row in final_rows if row.get("epsilon") is not None]
-    noises: list[float] = [
-        noise for noise in (getattr(learner, "noise_multiplier", None) for learner in learners) if noise is not None
-    ]
+    noises = [noise for noise in map(_noise_multiplier, learners) if noise is not None]
     return {
         "epsilon_max": max(spent) if spent else None,
         "epsilon_mean": sum(spent) / len(spent) if spent else None,
@@ -170,3 +168,9 @@ def privacy_summary(
         "noise_multiplier_min": min(noises) if noises else None,
         "noise_multiplier_max": max(noises) if noises else None,
     }
+
+
+def _noise_multiplier(learner: Any) -> float | None:
+    """The noise of the learner's privacy mechanism (``None`` without one)."""
+    privacy = getattr(learner, "privacy", None)  # a TorchLearner's or UpdateDPLearner's mechanism
+    return getattr(learner if privacy is None else privacy, "noise_multiplier", None)

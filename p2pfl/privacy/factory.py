@@ -1,13 +1,13 @@
-"""Turn a plain :class:`TorchLearner` into a differentially private one by mode name."""
+"""Make a plain :class:`TorchLearner` differentially private by mode name."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from p2pfl.errors import ConfigError
-from p2pfl.learning.learner import Learner, TorchLearner
+from p2pfl.learning.learner import TorchLearner, TrainingPrivacy
 from p2pfl.privacy.accounting import require_opacus
-from p2pfl.simulation.config import DP_MODES
+from p2pfl.privacy.modes import DP_MODES
+
+__all__ = ["DP_MODES", "privatize"]
 
 
 def privatize(
@@ -20,17 +20,18 @@ def privatize(
     noise: float = 0.0,
     target_epsilon: float = 0.0,
     delta: float = 1e-5,
-) -> Learner:
-    """The DP version of ``learner`` for ``mode`` (``learner`` itself for ``""``).
+) -> TorchLearner:
+    """``learner`` trained under the DP mechanism of ``mode`` (unchanged for ``""``).
 
     Args:
-        learner: a freshly built learner; ``"sample"`` takes over its model, optimizer
-            and data (do not train it directly afterwards).
-        mode: ``"sample"`` (:class:`~p2pfl.privacy.dp_sgd.DPSGDLearner`, ``clip`` is the
-            per-sample gradient bound) or ``"update"``
-            (:class:`~p2pfl.privacy.update_dp.UpdateDPLearner`, ``clip`` bounds the
-            round's update).
-        seed: the node's stream seed (DP sampling and noise derive from it).
+        learner: a freshly built learner, not trained yet; it is returned, now training
+            under :class:`~p2pfl.privacy.dp_sgd.DPSGD` for ``"sample"`` (``clip`` is the
+            per-sample gradient bound; Opacus takes over its optimizer and data) or
+            :class:`~p2pfl.privacy.update_dp.UpdateDP` for ``"update"`` (``clip``
+            bounds the round's update).
+        mode: ``"sample"``, ``"update"`` or ``""`` (off).
+        seed: the node's stream seed (DP sampling and noise derive from it; callers pass
+            the learner's own seed).
         rounds: planned rounds (for ``target_epsilon``).
         clip, noise, target_epsilon, delta: the DP settings; give ``noise`` or
             ``target_epsilon``.
@@ -47,20 +48,22 @@ def privatize(
         require_opacus()
     except ImportError as exc:
         raise ConfigError("dp", str(exc)) from None
-    budget: dict[str, Any] = {"target_epsilon": target_epsilon, "rounds": rounds, "delta": delta}
+    # a target picks the noise itself
+    noise_multiplier = 0.0 if target_epsilon > 0 else noise
+    privacy: TrainingPrivacy
     if mode == "sample":
-        from p2pfl.privacy.dp_sgd import DPSGDLearner
+        from p2pfl.privacy.dp_sgd import DPSGD  # imports torch's Opacus machinery
 
-        return DPSGDLearner(
-            learner.model, learner.optimizer, learner.train_data, learner.test_data,
-            loss_fn=learner.loss_fn, local_epochs=learner.local_epochs,
-            local_steps=learner.local_steps, device=learner.device, seed=seed,
-            max_grad_norm=clip, noise_multiplier=0.0 if target_epsilon > 0 else noise, **budget,
+        privacy = DPSGD(
+            clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, rounds=rounds,
+            delta=delta, seed=seed,
         )
-    if mode == "update":
-        from p2pfl.privacy.update_dp import UpdateDPLearner
+    else:
+        from p2pfl.privacy.update_dp import UpdateDP
 
-        return UpdateDPLearner(
-            learner, clip=clip, noise_multiplier=0.0 if target_epsilon > 0 else noise, seed=seed, **budget
+        privacy = UpdateDP(
+            clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, rounds=rounds,
+            delta=delta, seed=seed,
         )
-    raise AssertionError(mode)  # unreachable: checked against DP_MODES above
+    learner.set_privacy(privacy)
+    return learner

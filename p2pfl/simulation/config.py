@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 from p2pfl.errors import ConfigError
+from p2pfl.privacy.modes import DP_MODES
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
-DP_MODES = ("", "sample", "update")  # off | DP-SGD per sample | clipped+noised update per round
 
 
 @dataclass(frozen=True)
