@@ -17,15 +17,17 @@ from p2pfl.data.files import RawData, read_csv, read_npz
 from p2pfl.data.preprocess import (
     check_features,
     check_test_fraction,
+    continuous_labels,
     encode_labels,
     split_train_test,
     standardise,
 )
+from p2pfl.data.spec import parse_file_spec
 from p2pfl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-_FILE_FORMS = ("csv:PATH", "npz:PATH")
+_FILE_FORMS = ("csv:PATH", "csv:PATH,label=COLUMN", "npz:PATH")
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +109,7 @@ _BUILTIN: dict[str, Callable[[bool], tuple[np.ndarray, np.ndarray, tuple[str, ..
 
 
 def available_datasets() -> list[str]:
-    """Names of the bundled datasets (user files are loaded as ``csv:PATH`` / ``npz:PATH``).
+    """Names of the bundled datasets (user files are loaded as ``csv:PATH[,label=COLUMN]`` / ``npz:PATH``).
 
     Returns:
         The bundled dataset names, sorted.
@@ -119,8 +121,10 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, image:
     """Load, split and standardise a dataset.
 
     Args:
-        name: a bundled name (see :func:`available_datasets`), ``csv:PATH`` or
-            ``npz:PATH``.
+        name: a bundled name (see :func:`available_datasets`), ``csv:PATH``
+            (a column named ``label`` holds the labels), ``csv:PATH,label=COLUMN``
+            or ``npz:PATH``. Options come after the last commas of a path, and
+            only pieces shaped ``KEY=VALUE`` are options (see :mod:`p2pfl.data.spec`).
         seed: seed of the stratified train/test split; the same seed always
             gives the same dataset.
         test_fraction: share of samples held out for testing, in ``(0, 1)``.
@@ -138,7 +142,8 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, image:
     kind, sep, rest = name.partition(":")
     kind = kind.strip().lower()
     if sep and kind in ("csv", "npz"):
-        raw = read_csv(rest) if kind == "csv" else read_npz(rest)
+        spec = parse_file_spec(kind, rest)
+        raw = read_csv(spec.path, spec.label) if kind == "csv" else read_npz(spec.path)
         if image:
             logger.debug("image=True has no effect on %s; samples keep the file's shape", name)
         return _from_raw(name, raw, seed=seed, test_fraction=test_fraction)
@@ -150,8 +155,8 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, image:
         return _finish(kind, x_train, y_train, x_test, y_test, class_names)
     raise DataError(
         f"unknown dataset {name!r}; choose one of {available_datasets()}, or a user file as "
-        f"{' or '.join(_FILE_FORMS)} (CSV with a header row and a 'label' column or the label last; "
-        "NPZ with arrays x, y or x_train, y_train, x_test, y_test)"
+        f"{', '.join(_FILE_FORMS)} (CSV with a header row, the label column named 'label' or given "
+        "with label=COLUMN; NPZ with arrays x, y or x_train, y_train, x_test, y_test)"
     )
 
 
@@ -171,6 +176,12 @@ def _from_raw(name: str, raw: RawData, *, seed: int, test_fraction: float) -> Da
         return _finish(name, x_train, y_train, x_test, y_test, class_names)
     assert raw.x is not None and raw.y is not None
     x = check_features(raw.x, f"features in {name}")
+    reason = continuous_labels(raw.y)
+    if reason is not None:  # a CSV reader has said it already, naming the column
+        raise DataError(
+            f"{name}: the labels look continuous ({reason}); regression targets are not supported, "
+            "the labels must be classes"
+        )
     (y,), class_names = encode_labels(raw.y)
     x_train, x_test, y_train, y_test = split_train_test(x, y, test_fraction=test_fraction, seed=seed)
     return _finish(name, x_train, y_train, x_test, y_test, class_names)

@@ -10,6 +10,10 @@ from p2pfl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# Above this many distinct numeric labels, mostly unique ones suggest a continuous
+# column; class sizes are summarised instead of listed one by one.
+MAX_PLAIN_CLASSES = 20
+
 
 def encode_labels(*label_arrays: np.ndarray) -> tuple[list[np.ndarray], tuple[str, ...]]:
     """Map arbitrary labels to ``0..K-1`` in sorted order.
@@ -77,13 +81,40 @@ def split_train_test(
             x, y, test_size=test_fraction, random_state=seed, stratify=y
         )
     except ValueError as exc:
-        counts = np.bincount(y)
         raise DataError(
             f"cannot split {len(y)} samples stratified by label with test_fraction={test_fraction} "
-            f"(class sizes {counts.tolist()}): {exc}. Every class needs at least 2 samples and the "
+            f"({_class_sizes(np.bincount(y))}): {exc}. Every class needs at least 2 samples and the "
             "test set needs at least one sample per class; use more data or a larger test_fraction"
         ) from exc
     return x_train, x_test, y_train, y_test
+
+
+def continuous_labels(labels: np.ndarray) -> str | None:
+    """Say why ``labels`` look like a regression target rather than classes, or ``None``.
+
+    Numeric labels with more than :data:`MAX_PLAIN_CLASSES` distinct values of
+    which at least a quarter occur only once cannot be stratified into a train
+    and a test split anyway; they are almost always a measurement (a price, a
+    concentration) given as the label by mistake.
+
+    Args:
+        labels: 1-D labels as read (text or numbers).
+
+    Returns:
+        A short description such as ``"121 distinct values in 178 rows, 87 of them
+        only once, e.g. 1065, 1050, 1185"``, or ``None`` if they look like classes.
+    """
+    numeric = _as_numeric(np.asarray(labels).reshape(-1))
+    if numeric is None or np.isnan(numeric).any():
+        return None
+    values, first, counts = np.unique(numeric, return_index=True, return_counts=True)
+    singles = int((counts == 1).sum())
+    if len(values) <= MAX_PLAIN_CLASSES or singles * 4 < len(values):
+        return None
+    examples = ", ".join(_label_name(numeric[i]) for i in sorted(first)[:3])
+    return (
+        f"{len(values)} distinct values in {numeric.size} rows, {singles} of them only once, e.g. {examples}"
+    )
 
 
 def check_test_fraction(test_fraction: float) -> None:
@@ -138,9 +169,12 @@ def check_features(x: np.ndarray, what: str) -> np.ndarray:
     bad = ~np.isfinite(out)
     if bad.any():
         first = np.argwhere(bad)[0]
+        feature = tuple(int(i) for i in first[1:])
+        where = f"feature {feature[0]}" if len(feature) == 1 else f"feature index {feature}"
         raise DataError(
-            f"{what} contains {int(bad.sum())} NaN or infinite value(s), first at index "
-            f"{tuple(int(i) for i in first)}; remove or impute them first"
+            f"{what} contains {int(bad.sum())} NaN or infinite value(s), first in sample {int(first[0])}, "
+            f"{where} (0-based, as numpy counts: x[{', '.join(str(int(i)) for i in first)}]); "
+            "remove or impute them first"
         )
     return out
 
@@ -160,6 +194,15 @@ def _label_name(value: object) -> str:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def _class_sizes(counts: np.ndarray) -> str:
+    if len(counts) <= MAX_PLAIN_CLASSES:
+        return f"class sizes {counts.tolist()}"
+    return (
+        f"{len(counts)} classes, {int((counts == 1).sum())} of them with a single sample; "
+        "is the label column really the class?"
+    )
 
 
 def _preview(values: np.ndarray, limit: int = 5) -> str:

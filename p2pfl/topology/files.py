@@ -15,11 +15,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import networkx as nx
 import numpy as np
 
 from p2pfl.errors import TopologyError
+from p2pfl.topology.edge_list import edge_list_text, read_edge_list
 
 __all__ = [
     "EDGE_LIST_SUFFIXES",
@@ -97,7 +96,7 @@ def read_topology_file(path: str | os.PathLike[str]) -> nx.Graph:
     elif suffix == ".json":
         raw = _read_json(file)
     else:
-        raw = _read_edge_list(file)
+        raw = read_edge_list(file)
     graph = normalise_graph(raw, source=str(file))
     logger.debug("read %s: %d nodes, %d edges", file, graph.number_of_nodes(), graph.number_of_edges())
     return graph
@@ -126,6 +125,9 @@ def _read_json(file: Path) -> nx.Graph:
     key = "edges" if "edges" in data else "links" if "links" in data else None
     if key is None or not isinstance(data[key], list):
         raise TopologyError(f"{file}: expected {expected}")
+    if not data.get("directed") and not data.get("multigraph"):
+        # A simple undirected graph would merge repeats silently; the other kinds are checked later.
+        _check_json_repeats(file, key, data[key])
     try:
         return nx.node_link_graph(data, directed=False, multigraph=False, **_node_link_kwargs(key))
     except (KeyError, TypeError, ValueError, nx.NetworkXError) as exc:
@@ -135,109 +137,35 @@ def _read_json(file: Path) -> nx.Graph:
         ) from exc
 
 
-@dataclass(frozen=True)
-class _EdgeLine:
-    u: str
-    v: str
-    weight: float | None
-    line: int
-
-
-def _is_int(token: str) -> bool:
-    return re.fullmatch(r"[+-]?\d+", token) is not None
-
-
-def _read_edge_list(file: Path) -> nx.Graph:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise TopologyError(f"{file}: not a UTF-8 text edge list: {exc}") from exc
-    header: int | None = None
-    header_line = 0
-    seen_content = False
-    rows: list[_EdgeLine] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        content = raw.split("#", 1)[0].strip()
-        if not content:
+def _check_json_repeats(file: Path, key: str, edges: list[Any]) -> None:
+    """Refuse repeated edges with different weights, warn about the rest (networkx merges them)."""
+    first_seen: dict[frozenset[str], tuple[int, Any]] = {}
+    repeats: list[str] = []
+    for i, edge in enumerate(edges):
+        if not isinstance(edge, dict) or "source" not in edge or "target" not in edge:
+            continue  # node_link_graph reports malformed entries
+        ends = frozenset((str(edge["source"]), str(edge["target"])))
+        weight = edge.get("weight")
+        earlier = first_seen.get(ends)
+        if earlier is None:
+            first_seen[ends] = (i, weight)
             continue
-        tokens = content.split()
-        if not seen_content and len(tokens) == 1 and _is_int(tokens[0]):
-            header, header_line = int(tokens[0]), lineno
-            if header < 1:
-                raise TopologyError(f"{file}:{lineno}: node count {header} must be a positive integer")
-            seen_content = True
-            continue
-        seen_content = True
-        if len(tokens) not in (2, 3):
+        where = f"{key}[{earlier[0]}] and {key}[{i}]"
+        if earlier[1] != weight:
             raise TopologyError(
-                f"{file}:{lineno}: expected 'u v' or 'u v weight', got {raw.strip()!r} "
-                "(a lone node count N is allowed only as the first line)"
+                f"{file}: edge {edge['source']!r}-{edge['target']!r} is listed twice with different "
+                f"weights ({where}); keep one of them"
             )
-        weight: float | None = None
-        if len(tokens) == 3:
-            try:
-                weight = float(tokens[2])
-            except ValueError:
-                weight = math.nan
-            if not math.isfinite(weight):
-                raise TopologyError(f"{file}:{lineno}: weight {tokens[2]!r} must be a finite number")
-        if tokens[0] == tokens[1]:
-            raise TopologyError(
-                f"{file}:{lineno}: self loop on node {tokens[0]!r}; self weights come from the "
-                "diagonal, list only edges between different nodes"
-            )
-        rows.append(_EdgeLine(tokens[0], tokens[1], weight, lineno))
-    order, label = _edge_list_labels(file, rows, header, header_line)
-    graph = nx.Graph()
-    graph.add_nodes_from(order)
-    first_seen: dict[frozenset[Any], _EdgeLine] = {}
-    for row in rows:
-        u, v = label[row.u], label[row.v]
-        key = frozenset((u, v))
-        earlier = first_seen.get(key)
-        if earlier is not None:
-            if earlier.weight != row.weight:
-                raise TopologyError(
-                    f"{file}:{row.line}: edge {row.u}-{row.v} repeats line {earlier.line} with a different weight"
-                )
-            continue
-        first_seen[key] = row
-        if row.weight is None:
-            graph.add_edge(u, v)
-        else:
-            graph.add_edge(u, v, weight=row.weight)
-    return graph
-
-
-def _edge_list_labels(
-    file: Path, rows: list[_EdgeLine], header: int | None, header_line: int
-) -> tuple[list[Any], dict[str, Any]]:
-    """Fix the node order and map each token to its node id."""
-    tokens = {t for row in rows for t in (row.u, row.v)}
-    if header is not None:
-        for row in rows:
-            for tok in (row.u, row.v):
-                if not _is_int(tok):
-                    raise TopologyError(
-                        f"{file}:{row.line}: node {tok!r} is not an integer, but line {header_line} declares "
-                        f"{header} nodes, so nodes must be integers 0..{header - 1} (or 1..{header})"
-                    )
-        ints = {int(t) for t in tokens}
-        # 1-based files are common in the literature: N appears, 0 never does.
-        base = 1 if header in ints and 0 not in ints else 0
-        for row in rows:
-            for tok in (row.u, row.v):
-                if not base <= int(tok) < base + header:
-                    raise TopologyError(
-                        f"{file}:{row.line}: node {tok} is outside {base}..{base + header - 1}; "
-                        f"line {header_line} declares {header} nodes"
-                    )
-        return list(range(base, base + header)), {t: int(t) for t in tokens}
-    if tokens and all(_is_int(t) for t in tokens):
-        # Numeric labels sort numerically, so "10" comes after "9".
-        numeric: dict[str, Any] = {t: int(t) for t in tokens}
-        return sorted(set(numeric.values())), numeric
-    return sorted(tokens), {t: t for t in tokens}
+        repeats.append(f"{edge['source']}-{edge['target']} ({where})")
+    if repeats:
+        more = f" and {len(repeats) - 3} more" if len(repeats) > 3 else ""
+        logger.warning(
+            "%s: %d edge(s) repeat an earlier edge and were merged into it (links are undirected): %s%s",
+            file,
+            len(repeats),
+            ", ".join(repeats[:3]),
+            more,
+        )
 
 
 def normalise_graph(raw: nx.Graph, source: str = "graph") -> nx.Graph:
@@ -323,7 +251,7 @@ def write_topology_file(graph: nx.Graph, path: str | os.PathLike[str]) -> None:
         data = nx.node_link_data(graph, **_node_link_kwargs("edges"))
         file.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
     else:
-        file.write_text(_edge_list_text(graph, file), encoding="utf-8")
+        file.write_text(edge_list_text(graph, file), encoding="utf-8")
     logger.debug("wrote %s", file)
 
 
@@ -331,28 +259,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"attribute value {value!r} of type {type(value).__name__} is not JSON serialisable")
-
-
-def _edge_list_text(graph: nx.Graph, file: Path) -> str:
-    nodes = list(graph.nodes)
-    names = {node: str(graph.nodes[node].get("name", node)) for node in nodes}
-    for name in names.values():
-        if not name or re.search(r"\s|#", name):
-            raise TopologyError(
-                f"{file}: node name {name!r} cannot be an edge-list label (empty, whitespace or '#'); "
-                "write .graphml or .json instead"
-            )
-    lines: list[str] = []
-    if any(graph.degree(node) == 0 for node in nodes):
-        if [names[node] for node in nodes] != [str(i) for i in range(len(nodes))]:
-            raise TopologyError(
-                f"{file}: the graph has isolated nodes, which an edge list can only keep with the "
-                "node-count header and names 0..n-1; write .graphml or .json instead"
-            )
-        lines.append(str(len(nodes)))
-    for u, v, data in graph.edges(data=True):
-        line = f"{names[u]} {names[v]}"
-        if "weight" in data:
-            line += f" {float(data['weight'])!r}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"

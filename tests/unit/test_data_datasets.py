@@ -120,12 +120,12 @@ def test_csv_label_column_by_name(tmp_path: Path) -> None:
     np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
 
 
-def test_csv_label_is_last_column_by_default_and_numeric_sort(tmp_path: Path) -> None:
+def test_csv_named_label_column_and_numeric_sort(tmp_path: Path) -> None:
     x, _ = _tabular_rows(30)
     labels = [10, 2, 9] * 10
     rows = [[*feat, label] for feat, label in zip(x, labels, strict=True)]
     path = _write_csv(tmp_path / "d.csv", ["a", "b", "c", "target"], rows)
-    ds = load_dataset(f"csv:{path}")
+    ds = load_dataset(f"csv:{path},label=target")
     # numeric labels are sorted as numbers: 2 -> 0, 9 -> 1, 10 -> 2
     assert ds.class_names == ("2", "9", "10")
     assert ds.num_classes == 3
@@ -148,20 +148,20 @@ def test_csv_missing_file(tmp_path: Path) -> None:
 
 def test_csv_non_numeric_feature(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "d.csv", ["a", "b", "label"], [[1, 2, "x"], [1, "oops", "y"]] * 3)
-    with pytest.raises(DataError, match=r"line 3, feature column 'b' is 'oops', not a number"):
+    with pytest.raises(DataError, match=r"line 3, column 'b': 'oops' is not a number"):
         load_dataset(f"csv:{path}")
 
 
 def test_csv_nan_feature(tmp_path: Path) -> None:
     rows = [[1.0, 0], [2.0, 1], [float("nan"), 0], [3.0, 1]] * 2
     path = _write_csv(tmp_path / "d.csv", ["a", "label"], rows)
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(DataError, match=r"line 4, column 'a': 'nan' is not a finite number"):
         load_dataset(f"csv:{path}")
 
 
 def test_csv_empty_cell(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "d.csv", ["a", "b", "label"], [[1, "", 0], [1, 2, 1]] * 3)
-    with pytest.raises(DataError, match="column 'b' is empty"):
+    with pytest.raises(DataError, match="line 2, column 'b': the cell is empty"):
         load_dataset(f"csv:{path}")
 
 
@@ -180,7 +180,7 @@ def test_csv_needs_feature_column(tmp_path: Path) -> None:
 def test_csv_ragged_row(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b,label\n1,2,0\n1,1\n")
-    with pytest.raises(DataError, match="line 3 has 2 fields but the header has 3"):
+    with pytest.raises(DataError, match=r"line 3 has 2 fields but the header \(line 1\) has 3"):
         load_dataset(f"csv:{path}")
 
 
@@ -251,7 +251,10 @@ def test_npz_nan_and_non_numeric(tmp_path: Path) -> None:
     x[3, 1] = np.nan
     path = tmp_path / "nan.npz"
     np.savez(path, x=x, y=np.arange(10) % 2)
-    with pytest.raises(DataError, match=r"NaN or infinite value\(s\), first at index \(3, 1\)"):
+    with pytest.raises(
+        DataError,
+        match=r"1 NaN or infinite value\(s\), first in sample 3, feature 1 \(0-based, as numpy counts: x\[3, 1\]\)",
+    ):
         load_dataset(f"npz:{path}")
     path = tmp_path / "str.npz"
     np.savez(path, x=np.array([["a", "b"]] * 10), y=np.arange(10) % 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -203,7 +204,15 @@ def test_garbage_line_reports_file_and_line(tmp_path: Path) -> None:
         ("0 1\n2 2\n", "bad.el:2: self loop on node '2'"),
         ("3\n0 1\n1 5\n", "bad.el:3: node 5 is outside 0..2"),
         ("3\n0 a\n", "bad.el:2: node 'a' is not an integer"),
-        ("0 1 0.5\n1 0 0.25\n", "bad.el:2: edge 1-0 repeats line 1 with a different weight"),
+        (
+            "0 1 0.5\n1 0 0.25\n",
+            "bad.el:2: edge 1-0 repeats line 1 with a different weight (0.25 here, 0.5 there)",
+        ),
+        (
+            "0 1 0.5\n1 2\n0 1\n",
+            "bad.el:3: edge 0-1 repeats line 1 with a different weight (none here, 0.5 there)",
+        ),
+        ("0 1\n1 01\n", "bad.el:2: self loop on node '1'"),
         ("0 1\n7\n", "bad.el:2: expected 'u v' or 'u v weight'"),
         ("# only comments\n\n", "contains no nodes"),
     ],
@@ -292,3 +301,55 @@ def test_edge_list_cannot_hold_names_with_spaces(tmp_path: Path) -> None:
     nx.set_node_attributes(graph, {0: "st marys", 1: "b"}, "name")
     with pytest.raises(TopologyError, match="write .graphml or .json instead"):
         write_topology_file(graph, tmp_path / "g.txt")
+
+
+def test_repeated_edges_are_merged_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "dup.txt"
+    path.write_text("0 1\n1 2\n2 3\n1 0\n3 0\n2 1\n0 1\n2 3\n0 3\n")
+    with caplog.at_level(logging.WARNING, logger="p2pfl.topology"):
+        graph = read_topology_file(path)
+    assert graph.number_of_edges() == 4
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"{path}: 5 edge line(s) repeat an earlier edge and were merged into it (links are undirected, "
+        "so u v and v u are the same edge): 1-0 (lines 1 and 4), 2-1 (lines 2 and 6), "
+        "0-1 (lines 1 and 7) and 2 more"
+    )
+
+
+def test_every_edge_in_both_directions_is_a_known_format(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "both.txt"
+    path.write_text("0 1\n1 0\n1 2\n2 1\n2 0\n0 2\n")
+    with caplog.at_level(logging.INFO, logger="p2pfl.topology"):
+        assert read_topology_file(path).number_of_edges() == 3
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "lists every edge in both directions; read as 3 undirected edges" in caplog.text
+
+
+def test_repeated_json_edges(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nodes = [{"id": "a"}, {"id": "b"}, {"id": "c"}]
+    edges = [{"source": "a", "target": "b"}, {"source": "b", "target": "c"}, {"source": "b", "target": "a"}]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps({"nodes": nodes, "edges": edges}))
+    with caplog.at_level(logging.WARNING, logger="p2pfl.topology"):
+        assert read_topology_file(path).number_of_edges() == 2
+    assert (
+        "1 edge(s) repeat an earlier edge and were merged into it (links are undirected): b-a (edges[0] and edges[2])"
+        in caplog.text
+    )
+    edges[2]["weight"] = 0.5
+    path.write_text(json.dumps({"nodes": nodes, "edges": edges}))
+    with pytest.raises(
+        TopologyError,
+        match=r"edge 'b'-'a' is listed twice with different weights \(edges\[0\] and edges\[2\]\)",
+    ):
+        read_topology_file(path)
+
+
+def test_repeated_graphml_edges_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.graphml"
+    nx.write_graphml(nx.MultiGraph([("a", "b"), ("b", "c"), ("b", "a")]), path)
+    with pytest.raises(TopologyError, match="parallel edges between 'a' and 'b'; list each edge once"):
+        read_topology_file(path)

@@ -35,6 +35,42 @@ def test_a_binary_file_given_as_csv_is_a_data_error(tmp_path: Path) -> None:
         load_dataset(f"csv:{path}")
 
 
+def _target_first_csv(tmp_path: Path) -> Path:
+    """The class first and a random 0/1 column last, which used to be taken as the label."""
+    rng = np.random.default_rng(0)
+    rows = [f"{k % 3},{rng.normal():.4f},{rng.normal():.4f},{rng.integers(2)}" for k in range(60)]
+    path = tmp_path / "targetfirst.csv"
+    path.write_text("target,a,b,organic\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_data_command_needs_the_csv_label_column_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _target_first_csv(tmp_path)
+    args = ["data", "--nodes", "4", "--partition", "iid"]
+    assert main([*args, "--dataset", f"csv:{path}"]) == EXIT_CODES[DataError] == 4
+    assert one_error_line(capsys) == (
+        f"p2pfl: error: csv file {path} has no column named 'label': name the label column with "
+        f"--dataset csv:{path},label=COLUMN (columns: target, a, b, organic; perhaps label=target)\n"
+    )
+    assert main([*args, "--dataset", f"csv:{path},label=target"]) == 0
+    assert "3 classes" in capsys.readouterr().out
+
+
+def test_experiment_file_names_the_csv_label_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _target_first_csv(tmp_path)
+    toml = tmp_path / "exp.toml"
+    base = 'nodes = 3\nrounds = 1\npartition = "iid"\nmodel = "logreg"\n'
+    toml.write_text(base + f'dataset = "csv:{path}"\n')
+    assert main(["simulate", "--quiet", "--config", str(toml)]) == 4
+    assert "name the label column with --dataset" in one_error_line(capsys)
+    toml.write_text(base + f'dataset = "csv:{path},label=target"\n')
+    assert main(["simulate", "--quiet", "--config", str(toml)]) == 0
+
+
 def test_partition_errors_name_what_a_user_can_change() -> None:
     with pytest.raises(DataError) as too_many:
         partition(np.arange(10) % 2, 6, "iid", seed=0)
