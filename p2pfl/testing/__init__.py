@@ -6,6 +6,7 @@ tests do:
 - nodes: :func:`tiny_learner`, :func:`tiny_node`, :func:`connected_nodes` (N started
   nodes over a topology, always stopped) and :func:`run_all`;
 - raw messages: :func:`model_frames`, :func:`with_header`;
+- results: :func:`assert_same_weights` (models against a closed-form reference);
 - hostile traffic: :class:`Hostile` (every way a peer may lie on the wire),
   :func:`outcome_of` (what the decoder makes of a message) and :func:`attack` /
   :func:`check` (a live node under that traffic; ``scripts/fuzz_node.py`` is its CLI);
@@ -30,6 +31,7 @@ _LAZY = {
     "NODE_REASONS": "p2pfl.testing.outcomes",
     "ProxyLink": "p2pfl.testing.faults",
     "Report": "p2pfl.testing.fuzzing",
+    "assert_same_weights": "p2pfl.testing.compare",
     "attack": "p2pfl.testing.fuzzing",
     "check": "p2pfl.testing.fuzzing",
     "connected_nodes": "p2pfl.testing.nodes",
@@ -58,6 +60,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
+    from p2pfl.testing.compare import assert_same_weights
     from p2pfl.testing.faults import FaultProxy, LinkStats, ProxyLink
     from p2pfl.testing.fuzzing import Report, attack, check
     from p2pfl.testing.hostile import Hostile
