@@ -25,10 +25,10 @@ async def test_every_node_of_a_ring_hears_its_neighbours_every_round():
 
 async def test_over_tcp_a_node_that_is_down_is_missed_every_round():
     async with connected_nodes(build_topology("ring", 3), transport="tcp", down={"2"},
-                               rounds=2, round_timeout=0.5) as nodes:
+                               rounds=1, round_timeout=0.5) as nodes:
         assert [node.endpoint.startswith("tcp://127.0.0.1:") for node in nodes] == [True, True]
         histories = await run_all(nodes, timeout=TIMEOUT)
-    assert [[m.received_from for m in h] for h in histories.values()] == [[("1",), ("1",)], [("0",), ("0",)]]
+    assert [[m.received_from for m in h] for h in histories.values()] == [[("1",)], [("0",)]]
     assert all(m.missing == ("2",) for h in histories.values() for m in h)
 
 
