@@ -1,6 +1,7 @@
 # The two commands from the README do their own set-up:
 #   make simulate   -> the default 16-node simulation (results in runs/default)
 #   make test       -> the whole test suite
+#   make test-fast  -> the suite without the tests marked slow (multi-process runs, whole simulations)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,6 +24,9 @@ simulate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pfl tests scripts

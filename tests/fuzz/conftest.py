@@ -1,4 +1,7 @@
-"""Shared by the fuzz tests: the attack module and the decoder bugs not fixed yet.
+"""Shared by the fuzz tests: the decoder bugs not fixed yet.
+
+The hostile-message factory and the live attack live in :mod:`p2pfl.testing`
+(``scripts/fuzz_node.py`` is their command line).
 
 Run lengths: quick by default (CI); ``P2PFL_FUZZ_LONG=1`` runs many more examples and
 messages (see each test module's header for what that costs).
@@ -12,33 +15,17 @@ fails. ``P2PFL_FUZZ_STRICT=1`` tolerates nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
 import msgpack
 import numpy as np
 import pytest
 
 from p2pfl import wire
-
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_node.py"
-
-
-def _load_fuzz_node() -> ModuleType:
-    name = "p2pfl_fuzz_node"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from p2pfl.testing import outcome_of
 
 
 @dataclass(frozen=True)
@@ -48,7 +35,7 @@ class KnownBug:
     Attributes:
         name: short id.
         where: file and line of the crash.
-        pattern: matches ``fuzz_node.outcome_of`` strings of this crash.
+        pattern: matches ``p2pfl.testing.outcome_of`` strings of this crash.
         frames: a minimal message that triggers it (decoded with ``schema=None``).
     """
 
@@ -81,10 +68,10 @@ KNOWN_BUGS = (
 class KnownBugs:
     """The known bugs that still reproduce in this checkout."""
 
-    def __init__(self, fuzz_node: ModuleType, *, strict: bool = False) -> None:
+    def __init__(self, *, strict: bool = False) -> None:
         self.active = () if strict else tuple(
             bug for bug in KNOWN_BUGS
-            if re.search(bug.pattern, fuzz_node.outcome_of(bug.frames(), None, wire.WireLimits()))
+            if re.search(bug.pattern, outcome_of(bug.frames(), None, wire.WireLimits()))
         )
 
         scalar = {"s": np.array(1.0, np.float32)}
@@ -105,15 +92,9 @@ class KnownBugs:
 
 
 @pytest.fixture(scope="session")
-def fuzz_node() -> ModuleType:
-    """``scripts/fuzz_node.py`` as a module: the hostile-message factory and the attack."""
-    return _load_fuzz_node()
-
-
-@pytest.fixture(scope="session")
-def known_bugs(fuzz_node: ModuleType) -> KnownBugs:
+def known_bugs() -> KnownBugs:
     """Known bugs to tolerate; ``P2PFL_FUZZ_STRICT=1`` tolerates none (to see them all fail)."""
-    return KnownBugs(fuzz_node, strict=os.environ.get("P2PFL_FUZZ_STRICT") == "1")
+    return KnownBugs(strict=os.environ.get("P2PFL_FUZZ_STRICT") == "1")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 from p2pfl import wire
 from p2pfl.errors import WireError
+from p2pfl.testing import DECODER_REASONS, outcome_of
 
 LONG = os.environ.get("P2PFL_FUZZ_LONG") == "1"
 
@@ -134,16 +135,16 @@ def assert_consistent(message: wire.Message, frames: list[bytes], schema: Any, l
         assert set(message.tensors) == set(schema)
 
 
-def check_decode(frames: list[bytes], known_bugs: Any, fuzz_node: Any, *, schema: Any = SCHEMA,
+def check_decode(frames: list[bytes], known_bugs: Any, *, schema: Any = SCHEMA,
                  limits: wire.WireLimits = DEFAULT_LIMITS) -> wire.Message | str:
     """Decode under the property; returns the Message or the WireError reason."""
     try:
         message = wire.decode(frames, schema=schema, limits=limits)
     except WireError as exc:
-        assert exc.reason in fuzz_node.DECODER_REASONS, f"unknown reason {exc.reason!r}"
+        assert exc.reason in DECODER_REASONS, f"unknown reason {exc.reason!r}"
         return exc.reason
     except Exception:
-        if known_bugs.tolerates(fuzz_node.outcome_of(frames, schema, limits)):
+        if known_bugs.tolerates(outcome_of(frames, schema, limits)):
             reject()  # reported, reproduced by its own xfail test below
         raise
     assert_consistent(message, frames, schema, limits)
@@ -160,8 +161,8 @@ def check_decode(frames: list[bytes], known_bugs: Any, fuzz_node: Any, *, schema
     schema=schemas,
     limits=limits_st,
 )
-def test_arbitrary_frames(frames, schema, limits, known_bugs, fuzz_node):
-    check_decode(frames, known_bugs, fuzz_node, schema=schema, limits=limits)
+def test_arbitrary_frames(frames, schema, limits, known_bugs):
+    check_decode(frames, known_bugs, schema=schema, limits=limits)
 
 
 # -- (b) valid headers with one field mutated ----------------------------------------------
@@ -183,19 +184,19 @@ def field_values(key: str) -> st.SearchStrategy[Any]:
 
 @fuzz(200)
 @given(frames=valid_frames(), data=st.data())
-def test_mutated_header_fields(frames, data, known_bugs, fuzz_node):
+def test_mutated_header_fields(frames, data, known_bugs):
     header = msgpack.unpackb(frames[0])
     key = data.draw(st.sampled_from([*header, "extra", ""]), label="key")
     if data.draw(st.booleans(), label="delete"):
         header.pop(key, None)
     else:
         header[key] = data.draw(field_values(key), label="value")
-    check_decode([msgpack.packb(header), *frames[1:]], known_bugs, fuzz_node)
+    check_decode([msgpack.packb(header), *frames[1:]], known_bugs)
 
 
 @fuzz(200)
 @given(frames=valid_frames(), data=st.data())
-def test_mutated_tensor_table(frames, data, known_bugs, fuzz_node):
+def test_mutated_tensor_table(frames, data, known_bugs):
     header = msgpack.unpackb(frames[0])
     table = header["tensors"]
     index = data.draw(st.integers(0, len(table) - 1), label="index")
@@ -218,7 +219,7 @@ def test_mutated_tensor_table(frames, data, known_bugs, fuzz_node):
         table.append(list(entry))
     if position < 5:
         table[index] = entry
-    check_decode([msgpack.packb(header), *frames[1:]], known_bugs, fuzz_node)
+    check_decode([msgpack.packb(header), *frames[1:]], known_bugs)
 
 
 # -- (c) sizes, shapes and dtypes that lie about the frames ---------------------------------
@@ -248,8 +249,8 @@ def lying_messages(draw: st.DrawFn) -> list[bytes]:
 
 @fuzz(200)
 @given(frames=lying_messages(), schema=schemas)
-def test_lying_sizes_shapes_and_dtypes(frames, schema, known_bugs, fuzz_node):
-    check_decode(frames, known_bugs, fuzz_node, schema=schema)
+def test_lying_sizes_shapes_and_dtypes(frames, schema, known_bugs):
+    check_decode(frames, known_bugs, schema=schema)
 
 
 # -- (d) truncated and oversized frames -----------------------------------------------------
@@ -257,7 +258,7 @@ def test_lying_sizes_shapes_and_dtypes(frames, schema, known_bugs, fuzz_node):
 
 @fuzz(150)
 @given(frames=valid_frames(), data=st.data(), limits=limits_st)
-def test_truncated_and_oversized_frames(frames, data, limits, known_bugs, fuzz_node):
+def test_truncated_and_oversized_frames(frames, data, limits, known_bugs):
     index = data.draw(st.integers(0, len(frames) - 1), label="frame")
     op = data.draw(st.sampled_from(["truncate", "extend", "drop", "duplicate", "empty", "swap"]), label="op")
     frame = frames[index]
@@ -274,9 +275,9 @@ def test_truncated_and_oversized_frames(frames, data, limits, known_bugs, fuzz_n
     else:
         frames = [frames[0], *reversed(frames[1:])]
     if frames:
-        check_decode(frames, known_bugs, fuzz_node, limits=limits)
+        check_decode(frames, known_bugs, limits=limits)
     else:
-        assert check_decode(frames, known_bugs, fuzz_node, limits=limits) == "empty"
+        assert check_decode(frames, known_bugs, limits=limits) == "empty"
 
 
 # -- (e) msgpack bombs ---------------------------------------------------------------------
@@ -296,14 +297,14 @@ LENGTH_WIDTH = {
     tail=st.binary(max_size=32),
     in_meta=st.booleans(),
 )
-def test_huge_declared_lengths_in_tiny_frames(prefix, length, tail, in_meta, known_bugs, fuzz_node):
+def test_huge_declared_lengths_in_tiny_frames(prefix, length, tail, in_meta, known_bugs):
     width = LENGTH_WIDTH.get(prefix, 4)  # fixext/fixarray/fixmap/fixstr: the "length" is just more bytes
     declared = length % 2 ** (8 * width)
     bomb = prefix + declared.to_bytes(width, "big") + tail
     if in_meta:  # after a valid-looking start of header
         start = msgpack.packb({"v": 1, "kind": "model", "sender": "a", "round": 0, "samples": 0, "tensors": []})
         bomb = bytes([start[0] + 1]) + start[1:] + msgpack.packb("meta") + bomb
-    result = check_decode([bomb], known_bugs, fuzz_node)
+    result = check_decode([bomb], known_bugs)
     if prefix in LENGTH_WIDTH and declared > len(tail) + 1:
         assert result in ("bad_header", "header_too_large")
 
@@ -313,20 +314,20 @@ def test_huge_declared_lengths_in_tiny_frames(prefix, length, tail, in_meta, kno
     depth=st.integers(1, 3000) | st.sampled_from([1023, 1024, 1025, 100_000]),
     opener=st.sampled_from([b"\x91", b"\x81\xa1k", b"\x92\xc0"]),
 )
-def test_deep_nesting(depth, opener, known_bugs, fuzz_node):
+def test_deep_nesting(depth, opener, known_bugs):
     start = msgpack.packb({"v": 1, "kind": "hello", "sender": "a", "round": 0, "samples": 0, "tensors": []})
     header = bytes([start[0] + 1]) + start[1:] + msgpack.packb("meta") + b"\x81\xa1x" + opener * depth + b"\xc0"
-    result = check_decode([header], known_bugs, fuzz_node, schema=None)
+    result = check_decode([header], known_bugs, schema=None)
     assert depth > 1000 or isinstance(result, wire.Message)  # msgpack's own stack limit is ~1024
 
 
 @pytest.mark.parametrize("filler", [{}, [], None, 0, ""], ids=["maps", "lists", "nils", "zeros", "strs"])
-def test_container_floods_at_the_header_limit_are_decoded_or_refused(filler, known_bugs, fuzz_node):
+def test_container_floods_at_the_header_limit_are_decoded_or_refused(filler, known_bugs):
     limits = wire.WireLimits(max_header_bytes=64 * 1024)
     for count in (limits.max_header_bytes - 100, limits.max_header_bytes):  # just under, just over
         header = msgpack.packb({"v": 1, "kind": "hello", "sender": "a", "round": 0, "samples": 0,
                                 "tensors": [], "meta": {"x": [filler] * count}})
-        result = check_decode([header], known_bugs, fuzz_node, schema=None, limits=limits)
+        result = check_decode([header], known_bugs, schema=None, limits=limits)
         expected_ok = len(header) <= limits.max_header_bytes
         assert isinstance(result, wire.Message) if expected_ok else result == "header_too_large"
 
@@ -364,7 +365,7 @@ meta_values = st.recursive(
     meta=st.dictionaries(st.text(max_size=8), meta_values, max_size=4),
     poison=st.booleans(),
 )
-def test_valid_messages_round_trip(tensors, kind, sender, round_, samples, meta, poison, known_bugs, fuzz_node):
+def test_valid_messages_round_trip(tensors, kind, sender, round_, samples, meta, poison, known_bugs):
     if kind not in wire.TENSOR_KINDS:
         tensors = {}
     if known_bugs.scalar_tensors_broken and any(array.ndim == 0 for array in tensors.values()):
@@ -377,7 +378,7 @@ def test_valid_messages_round_trip(tensors, kind, sender, round_, samples, meta,
         tensors[floats[0]].flat[-1] = np.nan
     frames = [bytes(f) for f in wire.encode(kind=kind, sender=sender, round=round_, samples=samples,
                                              tensors=tensors, meta=meta)]
-    result = check_decode(frames, known_bugs, fuzz_node, schema=wire.schema_of(tensors))
+    result = check_decode(frames, known_bugs, schema=wire.schema_of(tensors))
     if poison and floats:
         assert result == "non_finite"
         return

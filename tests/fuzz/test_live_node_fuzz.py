@@ -1,7 +1,7 @@
 """A live node under hostile traffic while an honest neighbour keeps gossiping.
 
-The attack itself lives in ``scripts/fuzz_node.py`` (also runnable standalone, with
-throughput and memory figures): node "0" of a 3-ring runs ``run()`` while a raw pyzmq
+The attack itself lives in :mod:`p2pfl.testing` (``scripts/fuzz_node.py`` runs it
+standalone, with throughput and memory figures): node "0" of a 3-ring runs ``run()`` while a raw pyzmq
 DEALER sends hostile messages of every kind, spread over the rounds, and another sends
 the honest neighbour "1"'s model once per round in the middle of them.
 
@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from p2pfl import Node, NodeConfig, StaticSchedule, ZmqTransport, build_topology, wire
-from p2pfl.testing import tiny_learner
+from p2pfl.testing import NODE_REASONS, attack, check, tiny_learner
 
 LONG = os.environ.get("P2PFL_FUZZ_LONG") == "1"
 MESSAGES = 100_000 if LONG else 2_000
@@ -31,16 +31,16 @@ RSS_BOUND_MB = 150.0
 TIMEOUT = 10.0
 
 
-async def test_a_live_node_survives_hostile_traffic_and_keeps_gossiping(fuzz_node, known_bugs):
-    report = await fuzz_node.attack(MESSAGES, seed=SEED, timeout=60.0 + MESSAGES / 100)
+async def test_a_live_node_survives_hostile_traffic_and_keeps_gossiping(known_bugs):
+    report = await attack(MESSAGES, seed=SEED, timeout=60.0 + MESSAGES / 100)
     summary = report.as_dict()
     print(summary)  # shown with -s or on failure
-    failures = fuzz_node.check(report, rss_bound_mb=RSS_BOUND_MB, tolerated_crash=known_bugs.tolerates)
+    failures = check(report, rss_bound_mb=RSS_BOUND_MB, tolerated_crash=known_bugs.tolerates)
     assert not failures, f"{failures}\n{summary}"
     # the attack covered what it claims: every kind sent, every refusal path taken
     assert report.hostile_sent >= MESSAGES
-    assert len(report.by_kind) == 15, report.by_kind  # every kind of attack in fuzz_node.Hostile
-    for reason in fuzz_node.NODE_REASONS | {
+    assert len(report.by_kind) == 15, report.by_kind  # every kind of attack in p2pfl.testing.Hostile
+    for reason in NODE_REASONS | {
         "bad_header", "version", "unknown_kind", "frame_count", "size_mismatch", "too_large",
         "header_too_large", "dtype", "schema_names", "schema_dtype", "schema_shape", "non_finite",
     }:

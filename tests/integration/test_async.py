@@ -6,11 +6,10 @@ import asyncio
 
 import numpy as np
 import pytest
-import zmq.asyncio
 
 from p2pfl import ExperimentConfig, Node, NodeConfig, StaticSchedule, ZmqTransport, build_topology, simulate
 from p2pfl.errors import NodeError
-from p2pfl.testing import model_frames, tiny_learner
+from p2pfl.testing import model_frames, tiny_learner, tiny_node
 
 TIMEOUT = 30.0
 
@@ -57,16 +56,8 @@ async def test_sync_mode_waits_for_the_slow_nodes_every_round():
     assert result.summary["wall_seconds"] >= 4 * 4 * 0.05
 
 
-@pytest.fixture
-async def context():
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    ctx.term()
-
-
 def async_node(context, name: str, schedule, *, rounds: int) -> Node:
-    config = NodeConfig(name=name, rounds=rounds, round_timeout=600.0, mode="async")
-    return Node(config, tiny_learner(int(name)), schedule, ZmqTransport(context, "tcp://127.0.0.1:0"))
+    return tiny_node(context, name, schedule=schedule, rounds=rounds, round_timeout=600.0, mode="async")
 
 
 async def test_an_async_node_with_a_dead_neighbour_never_waits_for_it(context):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from p2pfl import ExperimentConfig, simulate
 
 DEADLINE = 1.0
 VICTIMS = ("3", "7", "11", "14")
 
 
+@pytest.mark.slow  # 16 nodes, 40 rounds with 1 s deadlines
 async def test_four_of_sixteen_crash_at_round_10_and_return_at_20():
     base = dict(nodes=16, topology="ring", rounds=40, round_timeout=DEADLINE, seed=0)
     healthy = await simulate(ExperimentConfig(**base))

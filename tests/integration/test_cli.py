@@ -91,6 +91,7 @@ def sims(tmp_path_factory):
     runs.close()
 
 
+@pytest.mark.slow  # waits for the simulation subprocesses
 def test_simulate_writes_one_metrics_row_per_node_and_round(sims) -> None:
     rows = read_rows(sims("base"))
     assert len(rows) == 4 * 3
@@ -106,6 +107,7 @@ def test_simulate_writes_one_metrics_row_per_node_and_round(sims) -> None:
     ]
 
 
+@pytest.mark.slow  # waits for the simulation subprocesses
 def test_simulate_summary_agrees_with_metrics(sims) -> None:
     directory = sims("base")
     rows = read_rows(directory)
@@ -127,6 +129,7 @@ def test_simulate_summary_agrees_with_metrics(sims) -> None:
     assert summary["config"]["rounds"] == 3 and summary["config"]["local_steps"] == 4
 
 
+@pytest.mark.slow  # waits for the simulation subprocesses
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(sims) -> None:
     def learning(name: str) -> list[tuple]:
         return [(r["node"], r["round"], r["train_loss"], r["test_accuracy"]) for r in read_rows(sims(name))]
@@ -139,6 +142,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_differs(sims) -> Non
     assert learning("tcp") != base  # seed 1
 
 
+@pytest.mark.slow  # waits for the simulation subprocesses
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_simulate_over_other_transports(sims, transport: str) -> None:
     directory = sims(transport)
@@ -152,6 +156,7 @@ def test_simulate_over_other_transports(sims, transport: str) -> None:
     assert all(len(r["received_from"]) == 2 and r["missing"] == [] for r in rows)
 
 
+@pytest.mark.slow  # waits for the simulation subprocesses
 def test_report_draws_three_pngs(sims) -> None:
     directory = sims("base")
     done = p2pfl("report", directory)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from p2pfl import ExperimentConfig, simulate
 from p2pfl.consortium.rehearsal import rehearse
+
+# multi-process runs: skipped by `make test-fast`
+pytestmark = pytest.mark.slow
 
 MEMBERS = ["charite", "karolinska", "st-marys", "hopkins", "sickkids"]
 ROUNDS = 6

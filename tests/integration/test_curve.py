@@ -14,9 +14,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from p2pfl import Node, NodeConfig, StaticSchedule, ZmqTransport, build_topology
+from p2pfl import Node, StaticSchedule, ZmqTransport, build_topology
 from p2pfl.security import AllowList, CurveSecurity, KeyPair, curve_authenticator
-from p2pfl.testing import model_frames, tiny_learner
+from p2pfl.testing import model_frames, tiny_learner, tiny_node
 
 TIMEOUT = 10.0
 
@@ -39,13 +39,6 @@ class Members:
 
     def public(self, name: str) -> bytes:
         return self.keys[name][0]
-
-
-@pytest.fixture
-async def context():
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    ctx.term()
 
 
 @pytest.fixture
@@ -106,10 +99,8 @@ async def handshake_outcome(monitor: zmq.asyncio.Socket) -> zmq.Event:
 
 
 def curve_node(context, members: Members, name: str, *, schedule=None, rounds=3, round_timeout=TIMEOUT) -> Node:
-    config = NodeConfig(name=name, rounds=rounds, round_timeout=round_timeout)
     security = CurveSecurity(members.keypair(name), members.allowlist)
-    transport = ZmqTransport(context, "tcp://127.0.0.1:0", security=security)
-    return Node(config, tiny_learner(int(name)), schedule or StaticSchedule(build_topology("ring", 3)), transport)
+    return tiny_node(context, name, schedule=schedule, rounds=rounds, round_timeout=round_timeout, security=security)
 
 
 def frames(sender: str, round_: int, *, seed: int = 1) -> list[bytes]:

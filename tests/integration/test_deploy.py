@@ -15,6 +15,9 @@ from processes import TIMEOUT, finish, metrics_rows, start, wait_for, write_ring
 
 from p2pfl.learning.models import MLP
 
+# multi-process runs: skipped by `make test-fast`
+pytestmark = pytest.mark.slow
+
 
 def test_three_node_processes_train_and_save_a_plain_torch_model(tmp_path):
     configs = write_ring_configs(tmp_path, 3, rounds=3)

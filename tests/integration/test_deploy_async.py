@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from processes import finish, metrics_rows, start, write_ring_configs
+
+# multi-process runs: skipped by `make test-fast`
+pytestmark = pytest.mark.slow
 
 
 def test_three_async_node_processes_all_reach_the_last_clock_tick(tmp_path: Path):

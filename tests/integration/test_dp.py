@@ -33,6 +33,7 @@ TARGET = 3.0
 MAX_ACCURACY_DROP = 0.05
 
 
+@pytest.mark.slow  # two whole simulations
 async def test_dp_sgd_run_reports_epsilon_below_target_and_stays_close_to_the_plain_run(tmp_path) -> None:
     plain = (await simulate(BASE)).summary
     config = replace(BASE, dp="sample", target_epsilon=TARGET, out=str(tmp_path))

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import zmq.asyncio
 
-from p2pfl import Node, NodeConfig, StaticSchedule, ZmqTransport, build_topology
+from p2pfl import StaticSchedule, build_topology
 from p2pfl.simulation.pacing import PacedExecutor
-from p2pfl.testing import tiny_learner
+from p2pfl.testing import tiny_node
 
 TIMEOUT = 30.0
 
@@ -31,10 +31,8 @@ class RoundEvents:
 def paced_node(context, name, schedule, worker, *, rounds, observer=None, round_timeout=600.0):
     """A node whose rounds last at least 50 ms, so others can come and go meanwhile."""
     executor = PacedExecutor(worker, asyncio.get_running_loop(), factor=1, step_seconds=0.05)
-    return Node(
-        NodeConfig(name=name, rounds=rounds, round_timeout=round_timeout), tiny_learner(int(name)), schedule,
-        ZmqTransport(context, "tcp://127.0.0.1:0"), executor=executor, observer=observer,
-    )
+    return tiny_node(context, name, schedule=schedule, rounds=rounds, round_timeout=round_timeout,
+                     executor=executor, observer=observer)
 
 
 async def test_a_node_that_leaves_says_so_and_is_not_waited_for():

@@ -134,6 +134,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a node process killed or stopped
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 async def test_last_will_marks_a_vanished_node_offline(mqtt_broker: str, consortium: str, how: str) -> None:
     """SIGKILL closes the socket, so the Will fires at once; SIGSTOP leaves it open, so only the

@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from p2pfl import Node, NodeConfig, StaticSchedule, WireLimits, ZmqTransport, build_topology
 from p2pfl.simulation.worker import PhasedWorker
-from p2pfl.testing import model_frames, tiny_learner, with_header
+from p2pfl.testing import model_frames, tiny_learner, tiny_node, with_header
 
 TIMEOUT = 10.0
 
@@ -22,43 +22,9 @@ def ring_schedule(n: int = 3) -> StaticSchedule:
     return StaticSchedule(build_topology("ring", n))
 
 
-def make_node(context, name="0", *, rounds=5, round_timeout=TIMEOUT, schedule=None, limits=None, executor=None):
-    config = NodeConfig(
-        name=name, rounds=rounds, round_timeout=round_timeout, limits=limits or WireLimits()
-    )
-    return Node(
-        config, tiny_learner(int(name)), schedule or ring_schedule(), ZmqTransport(context, "tcp://127.0.0.1:0"),
-        executor=executor,
-    )
-
-
-@pytest.fixture
-async def context():
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
-async def intruder(context):
-    """A raw pyzmq client that knows nothing of p2pfl's code."""
-    sockets = []
-
-    def connect(endpoint: str) -> zmq.asyncio.Socket:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        sockets.append(sock)
-        return sock
-
-    yield connect
-    for sock in sockets:
-        sock.close(linger=0)
-
-
 async def test_every_bad_message_is_rejected_counted_and_the_node_keeps_serving(context, intruder):
     limits = WireLimits(max_message_bytes=4096)
-    async with make_node(context, rounds=5, limits=limits) as node:
+    async with tiny_node(context, rounds=5, limits=limits) as node:
         sock = intruder(node.endpoint)
         good = model_frames(tiny_learner(1), sender="1", round=0)
         weights = tiny_learner(1).get_weights()
@@ -100,8 +66,8 @@ async def test_a_node_with_a_dead_neighbour_finishes_every_round_through_the_dea
     # ring of 3: nodes 0 and 1 run, node 2 never starts
     schedule = ring_schedule(3)
     deadline = 0.3
-    async with make_node(context, "0", rounds=3, round_timeout=deadline, schedule=schedule) as a, \
-            make_node(context, "1", rounds=3, round_timeout=deadline, schedule=schedule) as b:
+    async with tiny_node(context, "0", rounds=3, round_timeout=deadline, schedule=schedule) as a, \
+            tiny_node(context, "1", rounds=3, round_timeout=deadline, schedule=schedule) as b:
         a.add_peer("1", b.endpoint)
         b.add_peer("0", a.endpoint)
         a.add_peer("2", "tcp://127.0.0.1:1")  # nobody listens there
@@ -121,7 +87,7 @@ async def test_a_node_with_a_dead_neighbour_finishes_every_round_through_the_dea
 
 async def test_messages_for_future_rounds_are_buffered_and_used(context, intruder):
     schedule = ring_schedule(3)
-    async with make_node(context, "0", rounds=2, schedule=schedule) as node:
+    async with tiny_node(context, "0", rounds=2, schedule=schedule) as node:
         node.add_peer("1", "tcp://127.0.0.1:1")
         node.add_peer("2", "tcp://127.0.0.1:1")
         sock = intruder(node.endpoint)
@@ -140,7 +106,7 @@ async def test_messages_for_future_rounds_are_buffered_and_used(context, intrude
 
 async def test_stale_messages_are_dropped(context, intruder):
     schedule = ring_schedule(3)
-    async with make_node(context, "0", rounds=2, round_timeout=0.1, schedule=schedule) as node:
+    async with tiny_node(context, "0", rounds=2, round_timeout=0.1, schedule=schedule) as node:
         node.add_peer("1", "tcp://127.0.0.1:1")
         node.add_peer("2", "tcp://127.0.0.1:1")
         await asyncio.wait_for(node.run(), TIMEOUT)
@@ -150,7 +116,7 @@ async def test_stale_messages_are_dropped(context, intruder):
 
 
 async def test_run_before_start_is_a_clear_error(context):
-    node = make_node(context)
+    node = tiny_node(context)
     from p2pfl import NodeError
 
     with pytest.raises(NodeError, match="async with"):
@@ -190,7 +156,7 @@ async def test_an_extreme_but_finite_model_never_makes_the_node_send_nan(context
     async with contextlib.AsyncExitStack() as stack:
         if executor is not None:
             stack.callback(executor.shutdown)
-        node = await stack.enter_async_context(make_node(context, "0", rounds=2, schedule=schedule, executor=executor))
+        node = await stack.enter_async_context(tiny_node(context, "0", rounds=2, schedule=schedule, executor=executor))
         node.add_peer("1", "tcp://127.0.0.1:1")
         sock = intruder(node.endpoint)
         extreme = {k: np.full_like(v, 3e38) for k, v in tiny_learner(1).get_weights().items()}

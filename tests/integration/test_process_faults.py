@@ -1,5 +1,5 @@
 """Faults on multi-process runs: nodes SIGKILLed and restarted, a network partition that
-heals (through :mod:`p2pfl.netfault`), and a checkpoint write killed halfway."""
+heals (through :mod:`p2pfl.testing.faults`), and a checkpoint write killed halfway."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ from processes import (
 
 from p2pfl.consortium.rehearsal import free_loopback_ports
 from p2pfl.deploy.checkpoint import load_checkpoint
-from p2pfl.netfault import FaultProxy
+from p2pfl.testing import FaultProxy
+
+# multi-process runs: skipped by `make test-fast`
+pytestmark = pytest.mark.slow
 
 N = 8
 ROUND_TIMEOUT = 1.5

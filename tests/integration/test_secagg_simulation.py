@@ -22,18 +22,10 @@ from p2pfl import (
     wire,
 )
 from p2pfl.privacy.secagg import SecureAggregation, generate_keys
-from p2pfl.testing import tiny_learner
+from p2pfl.testing import assert_same_weights, tiny_learner
 
 # fixed point resolution is 2**-32; what remains is float32 rounding of the mixed model
 ATOL = 1e-5
-
-
-def assert_same_weights(left, right, *, atol):
-    assert len(left) == len(right)
-    for a, b in zip(left, right, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=atol, err_msg=key)
 
 
 async def test_secure_simulation_equals_the_plain_matrix_computation():

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from p2pfl import ExperimentConfig, build_experiment, run_reference, simulate
-
-
-def assert_same_weights(left, right, *, atol):
-    assert len(left) == len(right)
-    for a, b in zip(left, right, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=atol, err_msg=key)
+from p2pfl.testing import assert_same_weights
 
 
 async def test_eight_nodes_over_tcp_loopback_learn_digits():

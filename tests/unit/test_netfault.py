@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import zmq
 
-from p2pfl.netfault import FaultProxy, ProxyLink, parse_endpoint
+from p2pfl.testing.faults import FaultProxy, ProxyLink, parse_endpoint
 
 DEADLINE = 10.0
 
