@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from p2pfl import wire
 from p2pfl.errors import TransportError
 from p2pfl.node.exchange import Frames
 from p2pfl.node.inbox import RoundInbox
@@ -18,7 +19,7 @@ from p2pfl.node.peers import PeerPresence, PeerTracker
 from p2pfl.node.records import NodeStats
 from p2pfl.topology.schedule import GossipSchedule, RoundPlan
 from p2pfl.transport import ZmqTransport
-from p2pfl.wire import Message
+from p2pfl.wire import Kind, Message
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,14 @@ class NodeLink:
         else:
             self.stats.bytes_sent += sent
         return sent
+
+    def greet(self, peers: Sequence[str], *, reply: bool) -> None:
+        """Say hello ("I am up, at this round"); ``reply`` marks an answer to a greeting."""
+        frames = wire.encode(
+            kind=Kind.HELLO, sender=self.name, round=self.inbox.current_round, samples=0,
+            tensors={}, meta={"reply": reply},
+        )
+        self.send(tuple(peers), frames, control=True)
 
     def may_answer(self, peer: str, kind: str) -> bool:
         """At most two answers of a kind per peer and second: requests cannot make us flood."""

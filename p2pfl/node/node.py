@@ -17,15 +17,16 @@ from typing import Any
 
 from p2pfl import wire
 from p2pfl.aggregation.base import Aggregator, mix
-from p2pfl.errors import NodeError, WireError
+from p2pfl.errors import NodeError
 from p2pfl.learning.learner import Learner
 from p2pfl.node.catchup import CatchUp
-from p2pfl.node.exchange import Exchange, ExchangeBuilder, Handler, Trained
+from p2pfl.node.exchange import Exchange, ExchangeBuilder, Trained
 from p2pfl.node.gossip import SyncGossip
 from p2pfl.node.gossip_async import ASYNC_META, AsyncGossip
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.link import NodeLink
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
+from p2pfl.node.receiving import Receiver
 from p2pfl.node.records import NodeConfig, NodeStats, RoundMetrics, RoundObserver, limits_for
 from p2pfl.node.steps import Finished, RoundWorker, StagedExecutor
 from p2pfl.topology.schedule import GossipSchedule
@@ -114,7 +115,7 @@ class Node:
             self._exchange = SyncGossip(self._link, aggregator)
         self._catch_up = CatchUp(self._link, config.rounds, self._exchange.sent)
         self._worker = RoundWorker(config.name, learner, self.stats, checkpoint)
-        self._handlers = self._dispatch_table()
+        self._receiver = Receiver(config, self._link, self._exchange, self._catch_up, self._schema, self._limits)
         self._started = False
         self._stat_waiters: list[tuple[Callable[[NodeStats], bool], asyncio.Future[None]]] = []
         self.endpoint: str | None = None
@@ -191,7 +192,7 @@ class Node:
         interval = hello_interval
         last_log = time.monotonic()
         while not condition.holds(len(self.peers.present()), len(self.peers.peers)):
-            self._greet(self.peers.absent(), reply=False)
+            self._link.greet(self.peers.absent(), reply=False)
             if time.monotonic() - last_log >= log_every:
                 log.info(
                     "node %s waiting to start (%s): no word yet from %s",
@@ -278,128 +279,8 @@ class Node:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def _dispatch_table(self) -> dict[str, Handler]:
-        """Kind -> handler: the node's own kinds, then whatever its exchange owns."""
-        table: dict[str, Handler] = {Kind.MODEL: self._on_model, Kind.MASKED_MODEL: self._on_model}
-        control: dict[Kind, Handler] = {
-            Kind.HELLO: self._on_hello,
-            Kind.BYE: self._on_bye,
-            Kind.SYNC_REQUEST: self._catch_up.answer,
-            Kind.SYNC: self._catch_up.offer,
-            **self._exchange.handlers(),
-        }
-        for kind, handler in control.items():
-            table[kind] = self._from_neighbour(handler)
-        missing = set(Kind) - table.keys()
-        if missing:  # a kind added to the wire needs a handler (or an explicit refusal)
-            raise NodeError(f"node {self.name}: no handler for message kinds {sorted(missing)}")
-        return table
-
     def _on_incoming(self, incoming: Incoming) -> None:
-        self.stats.bytes_received += incoming.nbytes
-        try:
-            self._accept(incoming)
-        except WireError as exc:
-            self._count_rejection(exc.reason, str(exc))
-        except Exception:  # a peer must never be able to stop the node
-            self._count_rejection("internal_error", "unexpected error handling a message")
-            log.exception("node %s: error handling a message; message dropped", self.name)
+        self._receiver.receive(incoming)
         for predicate, waiter in self._stat_waiters:  # only tests and tools wait
             if not waiter.done() and predicate(self.stats):
                 waiter.set_result(None)
-
-    def _accept(self, incoming: Incoming) -> None:
-        # [security hook] With link security on, the authenticated key (checked against the
-        # current allow-list, so a revocation reaches open connections too) decides who
-        # sent the message, before any byte of it is parsed; the header must agree.
-        security = self.transport.security
-        member = None
-        if security is not None:
-            member = security.member_for(incoming.user_id)
-            if member is None:
-                raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
-        message = wire.decode(
-            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._exchange.kind_schemas
-        )
-        if member is not None and message.sender != member:
-            raise WireError(
-                "sender_mismatch", f"header claims sender {message.sender!r}, the link is {member!r}'s"
-            )
-        if message.sender == self.name:
-            raise WireError("unknown_sender", "message claims to come from this node itself")
-        self._handlers[message.kind](message)
-        self.stats.messages_accepted += 1
-
-    def _on_model(self, message: wire.Message) -> None:
-        """A model of a round (plain or masked): checked here, kept by the exchange."""
-        self._exchange.admit(message)
-        theirs = "async" if message.meta.get("async") is True else "sync"
-        if theirs != self.config.mode:
-            raise WireError(
-                "mode_mismatch",
-                f"{message.sender} runs {theirs} gossip, this node {self.config.mode}: give every member the same mode",
-            )
-        if message.round >= self.config.rounds:
-            raise WireError("future_round", f"round {message.round} >= last round {self.config.rounds}")
-        expected = (
-            self._link.plan(self.name, message.round).weights
-            if message.round >= self._inbox.current_round
-            else self.peers.peers  # stale, but still news of where the sender is
-        )
-        if message.sender not in expected:
-            raise WireError("unknown_sender", f"{message.sender!r} is not a neighbour in round {message.round}")
-        self._heard(message)
-        # a replier's model of the round a catch-up joins is too far ahead for the inbox yet
-        if not (message.round > self._inbox.current_round + self._inbox.max_rounds_ahead
-                and self._catch_up.keep_model(message)):
-            self._exchange.offer(message)
-
-    def _from_neighbour(self, handler: Handler) -> Handler:
-        """``handler`` behind the checks every message but a model gets."""
-
-        def checked(message: wire.Message) -> None:
-            if message.sender not in self.peers.peers:
-                raise WireError("unknown_sender", f"{message.kind} from {message.sender!r}, not a neighbour")
-            if message.round > self.config.rounds:  # no honest peer is past the last round
-                raise WireError("future_round", f"{message.kind} claims round {message.round} > {self.config.rounds}")
-            self._heard(message)
-            handler(message)
-
-        return checked
-
-    def _heard(self, message: wire.Message) -> None:
-        if self.peers.heard(message.sender, message.round):
-            log.info("node %s: %s is back (at round %d)", self.name, message.sender, message.round)
-            self._inbox.poke()  # a round under way waits for it again
-        elif message.round > self._inbox.current_round:
-            self._inbox.poke()  # a round under way stops waiting for a peer that moved past it
-
-    def _on_hello(self, message: wire.Message) -> None:
-        # Answer a greeting so the greeter learns we are up; never answer an answer, and
-        # at most twice a second per peer, so hellos cannot be used to make us flood.
-        if not message.meta.get("reply", False) and self._link.may_answer(message.sender, "hello"):
-            # A greeting means the peer (re)started: open a fresh link, which also drops
-            # whatever stale rounds were queued for its previous life (and inproc links
-            # do not reconnect by themselves).
-            self.transport.disconnect(message.sender)
-            self._exchange.restarted(message.sender)
-            self._greet([message.sender], reply=True)
-
-    def _on_bye(self, message: wire.Message) -> None:
-        self.peers.suspect(message.sender)
-        self._inbox.poke()
-        log.info("node %s: %s says it is leaving; not waiting for it", self.name, message.sender)
-
-    def _greet(self, peers: list[str], *, reply: bool) -> None:
-        frames = wire.encode(
-            kind=Kind.HELLO, sender=self.name, round=self._inbox.current_round, samples=0,
-            tensors={}, meta={"reply": reply},
-        )
-        self._link.send(tuple(peers), frames, control=True)
-
-    def _count_rejection(self, reason: str, detail: str) -> None:
-        self.stats.rejected[reason] += 1
-        count = self.stats.rejected[reason]
-        # Log the first few of each reason, then sparsely: a flood must not flood the log.
-        if count <= 5 or count % 1000 == 0:
-            log.warning("node %s rejected a message (%s, #%d): %s", self.name, reason, count, detail)
