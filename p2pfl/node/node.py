@@ -122,7 +122,12 @@ class Node:
 
     @property
     def schedule(self) -> GossipSchedule:
+        """The current schedule (:meth:`update_membership` replaces it)."""
         return self._link.schedule
+
+    @schedule.setter
+    def schedule(self, schedule: GossipSchedule) -> None:
+        self._link.schedule = schedule
 
     # -- lifecycle ---------------------------------------------------------------------
 
