@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded on first access, PEP 562)
 _LAZY = {
-    "Aggregator": "p2pfl.node.mixing",
+    "Aggregator": "p2pfl.aggregation.base",
     "AllowList": "p2pfl.security",
     "ArrayBatches": "p2pfl.learning.learner",
     "Consortium": "p2pfl.consortium",
@@ -103,6 +103,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from p2pfl.aggregation import build_aggregator
+    from p2pfl.aggregation.base import Aggregator
     from p2pfl.consortium import Consortium, init_consortium, load_consortium
     from p2pfl.data import Dataset, label_counts, load_dataset, partition
     from p2pfl.deploy.config import OrgNodeConfig
@@ -115,7 +116,6 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
         TorchLearner,
         TrainResult,
     )
-    from p2pfl.node.mixing import Aggregator
     from p2pfl.node.node import Node, NodeConfig, NodeStats, RoundMetrics
     from p2pfl.node.peers import StartCondition
     from p2pfl.privacy import DPSGD, DPSGDLearner, UpdateDP, UpdateDPLearner

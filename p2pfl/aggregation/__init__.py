@@ -1,6 +1,6 @@
 """Byzantine-robust aggregators: drop-in replacements for the default ``mix``.
 
-Every class here implements :class:`~p2pfl.node.mixing.Aggregator`: called once per
+Every class here implements :class:`~p2pfl.aggregation.base.Aggregator`: called once per
 round in the node's worker thread with its own tensors, the neighbours' tensors that
 arrived (read-only views of the received frames) and the round's mixing weights; it
 returns new float arrays of the input dtype and never touches its inputs. Peers are
@@ -9,7 +9,7 @@ visited in name order, so results do not depend on arrival order.
 ================  ===============================  =====================================
 spec              aggregator                       mixing weights
 ================  ===============================  =====================================
-mean              :func:`~p2pfl.node.mixing.mix`   used (renormalised over the present)
+mean              :func:`~p2pfl.aggregation.mix`   used (renormalised over the present)
 median            :class:`CoordinateMedian`        ignored: present models count equally
 trimmed-mean:B    :class:`TrimmedMean`             ignored: present models count equally
 krum:F            :class:`Krum`                    ignored: present models count equally
@@ -38,16 +38,15 @@ counts as missing for that round (and costs its neighbours the round timeout).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from p2pfl.aggregation.base import Aggregator, mix
 from p2pfl.aggregation.clipped import ClippedGossip
 from p2pfl.aggregation.robust import CoordinateMedian, Krum, TrimmedMean
 from p2pfl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from p2pfl.node.mixing import Aggregator
-
-__all__ = ["ClippedGossip", "CoordinateMedian", "Krum", "TrimmedMean", "build_aggregator", "AGGREGATOR_FORMS"]
+__all__ = [
+    "AGGREGATOR_FORMS", "Aggregator", "ClippedGossip", "CoordinateMedian", "Krum", "TrimmedMean", "build_aggregator",
+    "mix",
+]
 
 AGGREGATOR_FORMS = (
     "mean", "median", "trimmed-mean:B (B an int count or a fraction like 0.2)", "krum:F",
@@ -58,7 +57,7 @@ AGGREGATOR_FORMS = (
 def build_aggregator(spec: str) -> Aggregator:
     """The aggregator a spec names (see the module docstring for the forms).
 
-    ``mean`` returns :func:`~p2pfl.node.mixing.mix` itself, so the default path stays
+    ``mean`` returns :func:`~p2pfl.aggregation.base.mix` itself, so the default path stays
     bit-identical to a node built without an aggregator.
 
     Raises:
@@ -67,12 +66,7 @@ def build_aggregator(spec: str) -> Aggregator:
     name, sep, arg = spec.strip().partition(":")
     name, arg = name.strip().lower(), arg.strip()
     if name in ("mean", "median") and not sep:
-        if name == "median":
-            return CoordinateMedian()
-        # imported here: p2pfl.node pulls in torch, which validating a config must not
-        from p2pfl.node.mixing import mix
-
-        return mix
+        return CoordinateMedian() if name == "median" else mix
     if name == "trimmed-mean" and arg:
         return TrimmedMean(_number(spec, arg))
     if name == "krum" and arg:

@@ -16,7 +16,7 @@ class ClippedGossip:
     ``clip(v, tau) = v * min(1, tau / ||v||)`` with ``||.||`` the L2 norm over all
     tensors of the model, so a neighbour can move this node by at most ``w_ij * tau``
     however far away its model is. The mixing weights ``w_ij`` are renormalised over the
-    node itself and the peers that arrived (as :func:`~p2pfl.node.mixing.mix` does);
+    node itself and the peers that arrived (as :func:`~p2pfl.aggregation.base.mix` does);
     with ``tau = inf`` the result is exactly ``mix``'s up to rounding.
 
     Adaptive radius (``tau=None``): each round, ``tau`` is the ``(1 - beta)``-quantile

@@ -10,29 +10,98 @@ kept here, since the node's inbox still refuses rounds that far ahead.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from p2pfl import wire
+from p2pfl.errors import WireError
 from p2pfl.learning.learner import Weights
-from p2pfl.wire import Message
+from p2pfl.node.arrivals import Arrivals
+from p2pfl.node.exchange import Frames
+from p2pfl.node.link import NodeLink
+from p2pfl.wire import Kind, Message
+
+log = logging.getLogger(__name__)
 
 
 class CatchUp:
-    """Collects "sync" replies for the node's current catch-up attempt."""
+    """A node's catching up: asking when behind, and answering neighbours that are.
 
-    def __init__(self) -> None:
+    Args:
+        link: the node's sending, neighbours and inbox.
+        rounds: the node's number of rounds (a round joined is never past the last).
+        sent: this node's model message of a round, if it can be resent as it is.
+    """
+
+    def __init__(self, link: NodeLink, rounds: int, sent: Callable[[int], Frames | None]) -> None:
+        self._link = link
+        self._rounds = rounds
+        self._sent = sent
+        #: (round it starts, the node's averaged weights): what a "sync" answer carries
+        self.latest: tuple[int, Weights] | None = None
         self._replies: dict[str, Message] = {}
         self._wanted: set[str] = set()
-        self._arrived = asyncio.Event()
+        self._arrived = Arrivals()
         self._models: dict[str, Message] = {}  # repliers' models of the round they are in
+
+    async def attempt(self, round_: int) -> tuple[int, Weights] | None:
+        """Join the neighbours' round with their model, if most of them are far ahead.
+
+        A majority of the neighbours heard from must agree, the round joined follows the
+        median of their replies and is never past the last round: one lying neighbour
+        can neither make the node skip training nor end it.
+
+        Returns:
+            The round to join and the weights to start it from, or None (not behind).
+        """
+        link, peers, name = self._link, self._link.peers, self._link.name
+        present = {p for p in peers.present() if not peers.is_suspected(p)}
+        ahead = [p for p in peers.ahead_of(round_ + 1) if p in present]
+        if not ahead or 2 * len(ahead) <= len(present):
+            return None
+        request = wire.encode(kind=Kind.SYNC_REQUEST, sender=name, round=round_, samples=0, tensors={})
+        link.send(tuple(ahead), request, control=True)
+        replies = await self.gather(ahead, timeout=link.round_timeout)
+        try:
+            if 2 * len(replies) <= len(present):
+                log.warning("node %s: neighbours %s seem ahead but too few sent a model to catch up with",
+                            name, ", ".join(ahead))
+                return None
+            # Join the neighbours' current round: they resend their model of it with the sync
+            # reply, and wait for ours now that they heard from us again.
+            current, weights = average(replies)
+            target = min(current, self._rounds - 1)
+            if target <= round_:
+                return None
+            link.inbox.advance(target)  # from now on their messages of that round are in the window
+            for model in self.kept_models(target):
+                with contextlib.suppress(WireError):  # e.g. a duplicate that came the normal way
+                    link.inbox.offer(model)
+        finally:
+            self.finish()
+        log.info("node %s: behind at round %d; took the model of %s and joins at round %d",
+                 name, round_, ", ".join(sorted(replies)), target)
+        return target, weights
+
+    def answer(self, message: Message) -> None:
+        """A neighbour behind asks for our latest averaged model ("sync-request")."""
+        if self.latest is None or not self._link.may_answer(message.sender, "sync"):
+            return
+        round_, weights = self.latest
+        frames = wire.encode(kind=Kind.SYNC, sender=self._link.name, round=round_, samples=0, tensors=weights)
+        self._link.send((message.sender,), frames, control=True)
+        model = self._sent(round_)
+        if model is not None:  # our model of the round it is about to join went out while it was away
+            self._link.send((message.sender,), model, control=True)
 
     def offer(self, message: Message) -> None:
         """A "sync" message arrived (ignored unless this node asked that peer)."""
         if message.sender in self._wanted:
             self._replies[message.sender] = message
-            self._arrived.set()
+            self._arrived.notify()
 
     def keep_model(self, message: Message) -> bool:
         """Keep a model of the round its sender's sync reply named; False if it is none."""
@@ -53,13 +122,7 @@ class CatchUp:
         self._wanted = set(peers)
         self._replies = {}
         self._models = {}
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._wanted <= self._replies.keys():
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            pass
+        await self._arrived.until(lambda: self._wanted <= self._replies.keys(), timeout)
         replies, self._wanted = dict(self._replies), set()
         return replies
 

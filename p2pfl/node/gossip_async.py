@@ -18,11 +18,20 @@ ticks old, from a node back after a long outage, must not pull the others back.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from p2pfl import wire
+from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
-from p2pfl.wire import Message
+from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.wire import Kind, Message, ModelSchema
+
+#: Async models say so in their meta: a member configured with the other mode is told
+#: apart (rejected as ``mode_mismatch``) instead of mixing clocks with rounds.
+ASYNC_META = {"async": True}
 
 
 class LatestModels:
@@ -114,3 +123,71 @@ def staleness_weights(
     weights[own_name] = max(1.0 - sum(weights.values()), nominal.get(own_name, 0.0))
     known = sorted([clock, *(fresh if neighbour_clocks is None else neighbour_clocks).values()])
     return AsyncMerge(weights=weights, clock=max(clock, known[len(known) // 2]))
+
+
+class AsyncGossip:
+    """One asynchronous step's exchange: implements :class:`~p2pfl.node.exchange.Exchange`.
+
+    Pushes the trained model tagged with the node's clock and merges whatever fresh
+    models arrived meanwhile, never waiting; the exchanged "round" is the merged clock.
+
+    Args:
+        link: the node's name, plans and sending (its inbox is not used).
+        aggregator: combines the node's model with the fresh ones (in the worker).
+        staleness: exponent of the staleness discount (see :func:`staleness_weights`).
+        grace: clock ticks of lag that are not discounted.
+    """
+
+    model_kind = Kind.MODEL
+    barrier = False
+    kind_schemas: Mapping[str, ModelSchema] | None = None
+
+    def __init__(self, link: Link, aggregator: Aggregator, *, staleness: float, grace: int) -> None:
+        self._link = link
+        self._aggregator = aggregator
+        self._staleness = staleness
+        self._grace = grace
+        self.fresh = LatestModels()  # each neighbour's newest unmerged model
+
+    def handlers(self) -> Mapping[Kind, Handler]:
+        return refuse_secure_kinds()
+
+    def admit(self, message: Message) -> None:
+        if message.kind != Kind.MODEL:
+            raise WireError("secagg_off", "a masked model, but secure aggregation is off here")
+
+    def offer(self, message: Message) -> None:
+        self.fresh.offer(message)
+
+    def restarted(self, peer: str) -> None:
+        self.fresh.forget(peer)  # its clock restarts from its checkpoint
+
+    def sent(self, round_: int) -> Frames | None:
+        return None  # no round barrier: nobody catches up into a round
+
+    async def run(self, trained: Trained) -> Exchanged:
+        link = self._link
+        clock = trained.round
+        started = time.perf_counter()
+        plan = link.plan(link.name, clock)
+        frames = wire.encode(
+            kind=Kind.MODEL, sender=link.name, round=clock, samples=trained.result.samples, tensors=trained.weights,
+            meta=ASYNC_META,
+        )
+        sent = link.send(plan.send_to, frames)
+        fresh = self.fresh.take()
+        merge = staleness_weights(
+            link.name, clock, {peer: msg.round for peer, msg in fresh.items()},
+            lambda r: link.plan(link.name, r).weights,
+            self._staleness, self._grace, self.fresh.newest_clocks(),
+        )
+        tensors = {peer: msg.tensors for peer, msg in fresh.items()}
+        return Exchanged(
+            round=merge.clock,
+            received_from=tuple(fresh),
+            missing=(),
+            bytes_sent=sent,
+            bytes_received=sum(msg.nbytes for msg in fresh.values()),
+            seconds=time.perf_counter() - started,
+            aggregate=functools.partial(self._aggregator, link.name, trained.weights, tensors, merge.weights),
+        )

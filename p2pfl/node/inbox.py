@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 
 from p2pfl.errors import WireError
+from p2pfl.node.arrivals import Arrivals
 from p2pfl.wire import Message
 
 
@@ -21,7 +21,7 @@ class RoundInbox:
         self.max_rounds_ahead = max_rounds_ahead
         self.current_round = 0
         self._by_round: dict[int, dict[str, Message]] = {}
-        self._arrived = asyncio.Event()
+        self._arrived = Arrivals()
 
     def offer(self, message: Message) -> None:
         """Store a message for its round.
@@ -42,7 +42,7 @@ class RoundInbox:
             raise WireError("duplicate", f"second message from {message.sender} for round {message.round}")
         slot[message.sender] = message
         if message.round == self.current_round:
-            self._arrived.set()
+            self._arrived.notify()
 
     def advance(self, round: int) -> None:
         """Make ``round`` current and forget every earlier round."""
@@ -50,7 +50,7 @@ class RoundInbox:
         for old in [r for r in self._by_round if r < round]:
             del self._by_round[old]
         if self._by_round.get(round):
-            self._arrived.set()
+            self._arrived.notify()
 
     async def collect(
         self,
@@ -74,18 +74,12 @@ class RoundInbox:
         self.advance(round)
         wanted = set(expected)
         slot = self._by_round.setdefault(round, {})
-        try:
-            async with asyncio.timeout(timeout):
-                while not {p for p in wanted if skip is None or not skip(p)} <= slot.keys():
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            pass
+        await self._arrived.until(lambda: {p for p in wanted if skip is None or not skip(p)} <= slot.keys(), timeout)
         return {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
 
     def poke(self) -> None:
         """Make a waiting :meth:`collect` re-check (e.g. a peer was reported offline)."""
-        self._arrived.set()
+        self._arrived.notify()
 
     def pending(self) -> int:
         """Messages held (for memory accounting)."""

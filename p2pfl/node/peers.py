@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from p2pfl.errors import ConfigError
+from p2pfl.node.arrivals import Arrivals
 
 
 @dataclass(frozen=True)
@@ -75,18 +75,18 @@ class PeerTracker:
         self.peers = tuple(sorted(peers))
         self._heard: dict[str, tuple[float, int]] = {}
         self._suspected: set[str] = set()
-        self._changed = asyncio.Event()
+        self._changed = Arrivals()
 
     def set_peers(self, peers: Iterable[str]) -> None:
         self.peers = tuple(sorted(peers))
-        self._changed.set()
+        self._changed.notify()
 
     def heard(self, peer: str, round: int) -> bool:
         """Record a valid message; returns True if the peer was suspected until now."""
         first = peer not in self._heard
         self._heard[peer] = (time.monotonic(), round)
         if first:
-            self._changed.set()
+            self._changed.notify()
         if peer in self._suspected:
             self._suspected.discard(peer)
             return True
@@ -128,12 +128,7 @@ class PeerTracker:
 
     async def wait_for_news(self, timeout: float) -> None:
         """Return when a new neighbour is heard from, or after ``timeout`` seconds."""
-        self._changed.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
-        except TimeoutError:
-            pass
+        await self._changed.next(timeout)
 
 
 class PeerPresence(Protocol):

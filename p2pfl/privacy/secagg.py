@@ -11,7 +11,8 @@ evaluates the same schedule), ``sign(j, k)`` is ``+1`` if ``j < k`` by name and 
 otherwise, and ``s_jk`` is the X25519 shared secret of ``j`` and ``k`` run through HKDF.
 Each pair's masks cancel in ``sum_j y_ij``, so ``i`` recovers exactly
 ``sum_j enc(W_ij x_j)`` and adds its own ``W_ii x_i`` in the clear. The PRG is AES-256
-in counter mode under a key derived per (pair, round, receiver) with HMAC-SHA256.
+in counter mode under a key derived per (pair, round, receiver) with HMAC-SHA256
+(:mod:`p2pfl.privacy.secagg_keys`).
 
 Fixed point: ``enc(v) = round(v * 2**32)`` as int64, carried as uint64 (two's
 complement, arithmetic mod 2**64). Resolution 2**-32 (about 2.3e-10). Every weighted value
@@ -23,7 +24,9 @@ Dropouts: if some expected neighbours ``D`` have not arrived by the deadline, ``
 each present one for its masks with ``D`` only (``reveal-request``); the answers
 (``reveal``) are ``sum_{d in D} sign(j, d) PRG(s_jd, r, i)``, which ``i`` subtracts. A
 present neighbour that does not answer joins ``D`` and the request is repeated. Once ``i``
-has asked for masks with ``d``, a late model from ``d`` for that round is refused.
+has asked for masks with ``d``, a late model from ``d`` for that round is refused. The
+messages and the round's steps are :mod:`p2pfl.privacy.secagg_exchange`; this module is
+the arithmetic and each node's masking state.
 
 Threat model and limits (also in README.md):
 
@@ -44,19 +47,23 @@ Threat model and limits (also in README.md):
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from p2pfl.errors import ConfigError, NodeError, WireError
+from p2pfl.aggregation.base import Aggregator, mix
+from p2pfl.errors import NodeError, WireError
 from p2pfl.learning.learner import Weights
+from p2pfl.privacy.secagg_exchange import MASKED, MIN_REMAINING, RevealCollector, SecureExchange
+from p2pfl.privacy.secagg_keys import SecAggKeys, generate_keys, prg
 from p2pfl.topology.schedule import GossipSchedule, RoundPlan
-from p2pfl.wire import Message, ModelSchema, TensorSpec
+from p2pfl.wire import Kind, ModelSchema, TensorSpec
+
+if TYPE_CHECKING:
+    from p2pfl.node.exchange import Link
 
 __all__ = [
     "FRACTION_BITS",
@@ -65,22 +72,20 @@ __all__ = [
     "RevealCollector",
     "SecAggKeys",
     "SecureAggregation",
+    "SecureExchange",
+    "SecureSum",
+    "check_neighbourhood",
+    "check_schedule",
     "decode_fixed",
     "encode_fixed",
     "generate_keys",
+    "prg",
     "value_bound",
 ]
 
 FRACTION_BITS = 32
 SCALE = float(2**FRACTION_BITS)
 MIN_NEIGHBOURS = 3  # smallest neighbourhood that keeps a sum a sum after one dropout
-MIN_REMAINING = 2  # a reveal must leave at least this many neighbours in the sum
-MASKED = "masked"  # the one flat uint64 tensor of "masked-model" and "reveal" messages
-KIND_MASKED = "masked-model"
-KIND_REVEAL_REQUEST = "reveal-request"
-KIND_REVEAL = "reveal"
-_HKDF_INFO = b"p2pfl secagg v1 pairwise mask seed"
-_MASK_LABEL = b"p2pfl secagg v1 mask"
 
 
 def value_bound(neighbours: int) -> float:
@@ -105,126 +110,6 @@ def decode_fixed(fixed: np.ndarray) -> np.ndarray:
     """The float64 values of a uint64 fixed-point array (read as two's complement)."""
     return fixed.view(np.int64).astype(np.float64) / SCALE
 
-
-_CRYPTO: tuple | None = None  # type: ignore[type-arg]
-
-
-def _crypto():  # type: ignore[no-untyped-def]
-    global _CRYPTO
-    if _CRYPTO is not None:
-        return _CRYPTO
-    try:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ConfigError(
-            "secure_aggregation", "needs the 'cryptography' package: pip install cryptography"
-        ) from None
-    _CRYPTO = (X25519PrivateKey, X25519PublicKey, HKDF, hashes, Cipher, algorithms, modes)
-    return _CRYPTO
-
-
-def prg(seed: bytes, round_: int, receiver: str, count: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``count`` pseudo-random uint64 from a pair's seed, for one (round, receiver):
-    AES-256-CTR keystream under HMAC-SHA256(seed, label | round | receiver).
-
-    ``out`` (uint64, at least ``count + 2`` long) is written to and a view returned."""
-    *_, Cipher, algorithms, modes = _crypto()
-    key = hmac.new(seed, _MASK_LABEL + round_.to_bytes(8, "little") + receiver.encode(), hashlib.sha256).digest()
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    if out is None:
-        out = np.empty(count + 2, dtype=np.uint64)
-    zeros = _zeros(8 * count)
-    written = encryptor.update_into(zeros, memoryview(out.view(np.uint8)))  # type: ignore[arg-type]  # needs 15 spare bytes
-    assert written == 8 * count
-    mask = out[:count]
-    return mask if np.little_endian else mask.byteswap()  # the keystream is little-endian uint64
-
-
-_ZEROS = memoryview(bytes(0))
-
-
-def _zeros(nbytes: int) -> memoryview:
-    global _ZEROS
-    if len(_ZEROS) < nbytes:
-        _ZEROS = memoryview(bytes(nbytes))
-    return _ZEROS[:nbytes]
-
-
-class SecAggKeys:
-    """A node's X25519 key and its view of the others' public keys.
-
-    Args:
-        name: this node's name.
-        secret: its 32-byte X25519 secret, raw or Z85 text (a CurveZMQ secret key is one).
-        public_key_of: a member's public key (raw or Z85), or None if unknown; asked on
-            each use, so a reloaded allow-list takes effect (seeds are cached per key).
-    """
-
-    def __init__(self, name: str, secret: bytes | str, public_key_of: Callable[[str], bytes | str | None]) -> None:
-        private_cls, *_ = _crypto()
-        self.name = name
-        self._private = private_cls.from_private_bytes(_raw_key(secret, "secret key"))
-        self._public_key_of = public_key_of
-        self._seeds: dict[tuple[str, bytes], bytes] = {}
-
-    @property
-    def public_key(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-
-    def seed(self, peer: str) -> bytes:
-        """The 32-byte seed this node shares with ``peer`` (both derive the same)."""
-        _, public_cls, hkdf_cls, hashes, *_ = _crypto()
-        key = self._public_key_of(peer)
-        if key is None:
-            raise NodeError(f"secure aggregation: no public key for {peer!r}")
-        raw = _raw_key(key, f"public key of {peer!r}")
-        cached = self._seeds.get((peer, raw))
-        if cached is None:
-            shared = self._private.exchange(public_cls.from_public_bytes(raw))
-            low, high = sorted((self.name, peer))
-            info = _HKDF_INFO + b"\x00" + low.encode() + b"\x00" + high.encode()
-            cached = hkdf_cls(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
-            self._seeds[(peer, raw)] = cached
-        return cached
-
-    @classmethod
-    def from_curve(cls, name: str, secret_z85: str, public_key_of: Callable[[str], str | None]) -> SecAggKeys:
-        """From a CurveZMQ key pair and an allow-list lookup (Curve keys are X25519 keys)."""
-        return cls(name, secret_z85, public_key_of)
-
-
-def generate_keys(names: Iterable[str]) -> dict[str, SecAggKeys]:
-    """Fresh X25519 keys for every member, each knowing everyone's public key (simulation)."""
-    private_cls, *_ = _crypto()
-    secrets = {name: private_cls.generate().private_bytes_raw() for name in names}
-    keys: dict[str, SecAggKeys] = {}
-    publics: dict[str, bytes] = {}
-    for name, secret in secrets.items():
-        keys[name] = SecAggKeys(name, secret, publics.get)
-        publics[name] = keys[name].public_key
-    return keys
-
-
-def _raw_key(key: bytes | str, what: str) -> bytes:
-    if isinstance(key, bytes) and len(key) == 32:
-        return key
-    from zmq.utils import z85
-
-    text = key.encode("ascii") if isinstance(key, str) else key
-    try:
-        raw = z85.decode(text)
-    except Exception:
-        raise NodeError(f"secure aggregation: {what} is neither 32 raw bytes nor Z85 text") from None
-    if len(raw) != 32:
-        raise NodeError(f"secure aggregation: {what} decodes to {len(raw)} bytes, not 32")
-    return raw
 
 
 def check_neighbourhood(plan: RoundPlan) -> tuple[str, ...]:
@@ -286,7 +171,28 @@ class SecureAggregation:
     def wire_schemas(self) -> dict[str, ModelSchema]:
         """What the tensors of the masked kinds must look like."""
         flat = {MASKED: TensorSpec("uint64", (self._size,))}
-        return {KIND_MASKED: flat, KIND_REVEAL: flat}
+        return {Kind.MASKED_MODEL: flat, Kind.REVEAL: flat}
+
+    def build_exchange(self, link: Link, *, mode: str, aggregator: Aggregator, schema: ModelSchema) -> SecureExchange:
+        """The node's exchange (``Node(secure=...)`` calls this; see
+        :class:`~p2pfl.node.exchange.ExchangeBuilder`).
+
+        Raises:
+            NodeError: ``mode`` is not sync, or ``aggregator`` is not the plain weighted mean.
+        """
+        if mode == "async":
+            raise NodeError(
+                f"node {link.name}: secure aggregation needs the round barrier (masks cancel only "
+                "when the same neighbours' models of the same round are summed): use mode sync"
+            )
+        if aggregator is not mix:
+            raise NodeError(
+                f"node {link.name}: secure aggregation gives the node only the sum of its "
+                "neighbours' models; robust aggregators (median, Krum, trimmed mean, clipped "
+                "gossip) need the individual models: use the default weighted mean"
+            )
+        self.bind(schema)
+        return SecureExchange(self, link)
 
     def flatten(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([weights[name].ravel() for name, _ in self._layout], dtype=np.float64)
@@ -398,36 +304,3 @@ class SecureAggregation:
         if secure_sum.total is not None:
             acc = acc + decode_fixed(secure_sum.total)
         return self.unflatten(acc / total_weight)
-
-
-class RevealCollector:
-    """Holds the reveals a receiver asked for in its current round."""
-
-    def __init__(self) -> None:
-        self._round: int | None = None
-        self._expected: set[str] = set()
-        self._got: dict[str, Message] = {}
-        self._arrived = asyncio.Event()
-
-    def offer(self, message: Message) -> None:
-        if message.round != self._round or message.sender not in self._expected:
-            raise WireError("unexpected_reveal", f"reveal from {message.sender} for round {message.round} not asked for")
-        self._got[message.sender] = message
-        self._arrived.set()
-
-    def open(self, round_: int, expected: Iterable[str]) -> None:
-        """Expect reveals of ``round_`` from ``expected`` (call before sending the requests)."""
-        self._round, self._expected, self._got = round_, set(expected), {}
-
-    async def gather(self, timeout: float) -> dict[str, Message]:
-        """Wait for every expected reveal, or ``timeout``; then close the request."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not self._expected <= self._got.keys():
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            pass
-        got = dict(self._got)
-        self._round, self._expected, self._got = None, set(), {}
-        return got

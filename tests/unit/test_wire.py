@@ -217,3 +217,16 @@ def test_a_table_in_another_order_than_the_models_is_accepted():
     message = decode([msgpack.packb(header), *(frames[1 + i] for i in order)])
     for name, array in model_tensors().items():
         np.testing.assert_array_equal(message.tensors[name], array)
+
+
+def test_kinds_are_an_enum_whose_members_are_their_wire_strings() -> None:
+    assert {kind.value for kind in wire.Kind} == {
+        "model", "masked-model", "hello", "bye", "sync-request", "sync", "reveal-request", "reveal"
+    }
+    assert wire.Kind.SYNC_REQUEST == "sync-request" and "model" in wire.KINDS
+    tensors = {"w": np.arange(3, dtype=np.float32)}
+    as_enum = wire.encode(kind=wire.Kind.MODEL, sender="a", round=1, samples=2, tensors=tensors)
+    as_text = wire.encode(kind="model", sender="a", round=1, samples=2, tensors=tensors)
+    assert [bytes(f) for f in as_enum] == [bytes(f) for f in as_text]  # byte-identical headers
+    decoded = wire.decode(as_text, schema=wire.schema_of(tensors))
+    assert decoded.kind is wire.Kind.MODEL

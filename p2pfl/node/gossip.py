@@ -1,0 +1,75 @@
+"""Plain synchronous gossip (``mode = "sync"``): send the model, wait for the neighbours'.
+
+Each round the node sends its trained model to the plan's peers, waits up to the round
+timeout for the models the plan expects, and averages them with its own (through the
+node's aggregator, ``mix`` by default). A neighbour that misses the deadline is left
+out of that round's average.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+
+from p2pfl import wire
+from p2pfl.aggregation.base import Aggregator
+from p2pfl.errors import WireError
+from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.wire import Kind, Message, ModelSchema
+
+
+class SyncGossip:
+    """One synchronous gossip round: implements :class:`~p2pfl.node.exchange.Exchange`.
+
+    Args:
+        link: the node's name, plans, sending and round inbox.
+        aggregator: combines the node's model with the arrived ones (in the worker).
+    """
+
+    model_kind = Kind.MODEL
+    barrier = True
+    kind_schemas: Mapping[str, ModelSchema] | None = None
+
+    def __init__(self, link: Link, aggregator: Aggregator) -> None:
+        self._link = link
+        self._aggregator = aggregator
+        self._sent: tuple[int, Frames] | None = None  # this round's model frames
+
+    def handlers(self) -> Mapping[Kind, Handler]:
+        return refuse_secure_kinds()
+
+    def admit(self, message: Message) -> None:
+        if message.kind != Kind.MODEL:
+            raise WireError("secagg_off", "a masked model, but secure aggregation is off here")
+
+    def offer(self, message: Message) -> None:
+        self._link.inbox.offer(message)
+
+    def restarted(self, peer: str) -> None:
+        pass  # the inbox judges its messages by round, whatever its sender's past
+
+    def sent(self, round_: int) -> Frames | None:
+        return self._sent[1] if self._sent is not None and self._sent[0] == round_ else None
+
+    async def run(self, trained: Trained) -> Exchanged:
+        link = self._link
+        round_ = trained.round
+        plan = link.plan(link.name, round_)
+        started = time.perf_counter()
+        frames = wire.encode(
+            kind=Kind.MODEL, sender=link.name, round=round_, samples=trained.result.samples, tensors=trained.weights,
+        )
+        sent = link.send(plan.send_to, frames)
+        self._sent = (round_, frames)
+        received, missing = await link.collect(round_, plan, "averaging")
+        tensors = {peer: msg.tensors for peer, msg in received.items()}
+        return Exchanged(
+            round=round_,
+            received_from=tuple(received),
+            missing=missing,
+            bytes_sent=sent,
+            bytes_received=sum(msg.nbytes for msg in received.values()),
+            seconds=time.perf_counter() - started,
+            aggregate=functools.partial(self._aggregator, link.name, trained.weights, tensors, plan.weights),
+        )

@@ -1,0 +1,41 @@
+"""The message kinds a node understands, by their wire names."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """A message kind; each member *is* its wire string (``Kind.MODEL == "model"``).
+
+    A ``StrEnum`` so headers stay byte-identical (msgpack packs a member as its value)
+    and code and tests that compare with plain strings keep working. Extensions add
+    their kinds here, never reuse a name.
+    """
+
+    #: a round's weights
+    MODEL = "model"
+    #: no tensors: "I am up, at this round" (``meta.reply`` marks an answer)
+    HELLO = "hello"
+    #: no tensors: "I am leaving"
+    BYE = "bye"
+    #: a node that fell behind asks for its neighbours' latest averaged weights ...
+    SYNC_REQUEST = "sync-request"
+    #: ... and gets them back, with the round they start
+    SYNC = "sync"
+    #: secure aggregation (p2pfl.privacy.secagg): a weighted model in masked fixed point
+    MASKED_MODEL = "masked-model"
+    #: secure aggregation: a receiver names dropped neighbours (``meta.dropped``)
+    REVEAL_REQUEST = "reveal-request"
+    #: secure aggregation: a neighbour's masks with those, to remove from the sum
+    REVEAL = "reveal"
+
+
+#: Every kind; members hash and compare as their wire strings, so ``"model" in KINDS`` holds.
+KINDS = frozenset(Kind)
+#: Kinds that carry tensors: checked against the local model's schema, or against the
+#: per-kind schema given to :func:`~p2pfl.wire.decode` (the masked kinds); all others carry none.
+TENSOR_KINDS = frozenset({Kind.MODEL, Kind.SYNC, Kind.MASKED_MODEL, Kind.REVEAL})
+
+#: wire string -> member, for decoding (one dict lookup validates and converts)
+KIND_OF: dict[str, Kind] = {kind.value: kind for kind in Kind}
