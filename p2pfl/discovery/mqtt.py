@@ -68,7 +68,9 @@ class MqttPresence:
 
     Use it as ``async with MqttPresence(...) as presence:`` on the node's event loop. While
     inside, it owns one listener task that also reconnects (and re-announces) if the broker
-    connection drops; membership stays as last seen until then.
+    connection drops; membership stays as last seen until then. Leaving announces
+    ``finished`` once :meth:`finish` was called, else ``stopped`` (also when cancelled), and
+    ``offline`` when an exception other than a cancellation ends the block.
 
     Args:
         broker: ``mqtt://host:port``.

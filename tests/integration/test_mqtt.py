@@ -353,3 +353,41 @@ async def test_presence_reconnects_and_reannounces_after_broker_restart(own_mqtt
                     member = snapshot.get("alice")
                     if member is not None and member.state == "online" and member.round == 2:
                         break
+
+
+async def test_deployed_nodes_leave_the_last_round_and_how_they_ended_on_the_broker(
+    own_mqtt_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A finished node's last round reaches the broker before it says "finished"; a node
+    stopped by SIGTERM mid-run says "stopped" (nodes with static peers share the name "static")."""
+    from processes import TIMEOUT, finish, kill_all, metrics_rows, start, wait_for, write_ring_configs
+
+    rounds = 4
+    configs = write_ring_configs(tmp_path, 3, rounds=rounds, round_timeout=60.0)
+    for config in configs:
+        config.write_text(config.read_text().replace("[peers]", f'discovery = "{own_mqtt_broker.url}"\n[peers]'))
+    processes = [start(c, "--state-dir", str(tmp_path / f"state{i}")) for i, c in enumerate(configs)]
+    try:
+        await asyncio.to_thread(wait_for, lambda: len(metrics_rows(tmp_path / "state2")) >= 2, TIMEOUT, "2 rounds of 2")
+        processes[2].send_signal(signal.SIGTERM)
+        outputs = await asyncio.to_thread(finish, processes)
+    finally:
+        kill_all(processes)
+    rows = [metrics_rows(tmp_path / f"state{i}") for i in range(3)]
+    assert [r["round"] for r in rows[0]] == list(range(rounds)), outputs[0]
+    snapshot: dict[str, MemberStatus] = {}
+    async with aclosing(watch_consortium(own_mqtt_broker.url, "static")) as snapshots:
+        with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
+            async with asyncio.timeout(WAIT):
+                async for snapshot in snapshots:
+                    if len(snapshot) == 3 and all(m.accuracy is not None for m in snapshot.values()):
+                        break
+    assert set(snapshot) == {"0", "1", "2"}, snapshot
+    for i in (0, 1):
+        member = snapshot[str(i)]
+        assert (member.state, member.round) == ("finished", rounds - 1), (member, outputs[i])
+        assert member.accuracy == pytest.approx(rows[i][-1]["test_accuracy"])  # the last round's own report
+    stopped = snapshot["2"]
+    assert stopped.state == "stopped", outputs[2]
+    # SIGTERM may land after a round's metrics row is written but before its report is queued
+    assert stopped.round is not None and stopped.round in (rows[2][-1]["round"] - 1, rows[2][-1]["round"])
