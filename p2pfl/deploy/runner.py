@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: How often the consortium file's modification time is checked for an allow-list reload.
 RELOAD_POLL_SECONDS = 2.0
+#: How long a stopping node waits for its last progress reports to reach the MQTT broker.
+PROGRESS_FLUSH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,12 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                         StartCondition.parse(config.start), hello_interval=config.hello_interval
                     )
                     await node.run()
+                    if presence is not None:  # says "finished" (not "stopped") when it leaves the broker
+                        presence.finish(config.rounds - 1)
                 finally:
+                    if presence is not None:  # the last round's progress must reach the broker before we leave
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(progress.queue.join(), PROGRESS_FLUSH_SECONDS)
                     for task in duties:
                         task.cancel()
                     with contextlib.suppress(OSError):  # the counters must not mask why we stop
@@ -473,6 +480,8 @@ async def _publish_progress(presence: Any, progress: asyncio.Queue[RoundMetrics]
             await presence.publish_progress(metrics.round, metrics.test_accuracy, metrics.test_loss)
         except Exception as exc:  # the broker is optional: training must not depend on it
             log.warning("could not publish progress to the broker: %s", exc)
+        finally:
+            progress.task_done()  # run_org_node waits for the last report before leaving
 
 
 async def _reload_membership(

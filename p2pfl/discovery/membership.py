@@ -2,8 +2,19 @@
 
 Topic layout under ``p2pfl/<consortium>/``::
 
-    nodes/<name>/status     retained {"state": "online"|"offline"|"left", "endpoint", "fingerprint", "time"}
-    nodes/<name>/progress   retained {"round", "accuracy", "loss", "time"}
+    nodes/<name>/status     retained {"v": 1, "state": "online"|"offline"|"left", "endpoint", "fingerprint",
+                                      "time"[, "reason": "finished"|"stopped", "round"]}
+    nodes/<name>/progress   retained {"v": 1, "round", "accuracy", "loss", "time"}
+
+A node that leaves on purpose says ``left`` with why: ``finished`` (all its rounds are done,
+``round`` is its last) or ``stopped`` (stopped mid-run, e.g. SIGINT; ``round`` is its last
+reported round, if any). The wire state stays ``left`` so that nodes of older versions still
+read it as gone; what the table shows is the reason (a ``left`` without one comes from an
+older node).
+
+Versioning: readers ignore keys they do not know, so adding a key keeps ``v`` at 1 and old
+readers working. ``v`` is raised only for a change an old reader would misread; readers
+drop messages whose ``v`` is newer than theirs (a payload without ``v`` is version 1).
 
 Everything here is fed by a broker that anyone in the consortium can publish to, so every
 payload is validated and a bad one is dropped with a log line, never raised.
@@ -21,7 +32,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: The message format this module writes and the newest it reads (see the module docstring).
+FORMAT_VERSION = 1
+#: States as sent on the wire.
 STATES = ("online", "offline", "left")
+#: Why a node left, as it says in its ``left`` status.
+REASONS = ("finished", "stopped")
+#: States a member can be shown in: ``online``, ``offline`` (its Last Will fired, or it failed),
+#: ``finished``/``stopped`` (it left, saying why), ``left`` (it left without a reason: an older node).
+VISIBLE_STATES = ("online", "offline", "finished", "stopped", "left")
 # Topic levels are names: MQTT wildcards or separators inside them would change what a topic means.
 _FORBIDDEN = ("/", "+", "#", "\x00")
 
@@ -32,10 +51,12 @@ class MemberStatus:
 
     Attributes:
         name: the node's name (its topic level).
-        state: ``online``, ``offline`` (its Last Will fired) or ``left`` (it said goodbye).
+        state: ``online``; ``offline`` (its Last Will fired: it vanished or failed);
+            ``finished`` (it did all its rounds and left); ``stopped`` (it was stopped
+            mid-run, e.g. SIGINT, and left); ``left`` (an older node that left without saying why).
         endpoint: where its ZeroMQ transport listens, as it announced it.
         fingerprint: its public-key fingerprint, as it announced it.
-        round: last round it reported progress for, if any.
+        round: last round it reported (in its progress, or when it left), if any.
         accuracy: test accuracy it reported with that round, if any.
         updated: Unix time of the latest status or progress seen for it.
     """
@@ -51,10 +72,11 @@ class MemberStatus:
 
 @dataclass(frozen=True)
 class _Status:
-    state: str
+    state: str  # as shown: the reason replaces "left" when there is one
     endpoint: str | None
     fingerprint: str | None
     time: float
+    round: int | None = None  # the last round it named when leaving
 
 
 @dataclass(frozen=True)
@@ -87,15 +109,24 @@ def progress_topic(consortium: str, name: str) -> str:
     return f"{topic_prefix(consortium)}/{name}/progress"
 
 
-def status_payload(state: str, endpoint: str, fingerprint: str, at: float | None = None) -> bytes:
-    return json.dumps(
-        {"state": state, "endpoint": endpoint, "fingerprint": fingerprint, "time": _now(at)}
-    ).encode()
+def status_payload(
+    state: str, endpoint: str, fingerprint: str, at: float | None = None,
+    *, reason: str | None = None, round: int | None = None,
+) -> bytes:
+    """A status message; ``reason`` and ``round`` go only with ``left``."""
+    data: dict[str, Any] = {
+        "v": FORMAT_VERSION, "state": state, "endpoint": endpoint, "fingerprint": fingerprint, "time": _now(at),
+    }
+    if reason is not None:
+        data["reason"] = reason
+    if round is not None:
+        data["round"] = round
+    return json.dumps(data).encode()
 
 
 def progress_payload(round: int, accuracy: float, loss: float, at: float | None = None) -> bytes:
     return json.dumps(
-        {"round": round, "accuracy": accuracy, "loss": loss, "time": _now(at)}
+        {"v": FORMAT_VERSION, "round": round, "accuracy": accuracy, "loss": loss, "time": _now(at)}
     ).encode()
 
 
@@ -146,6 +177,7 @@ class Membership:
             data = json.loads(payload)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
+            _check_version(data)
             received = None if retained else time.time()
             if kind == "status":
                 return self._apply_status(name, _parse_status(data, received))
@@ -164,7 +196,7 @@ class Membership:
                 state=status.state,
                 endpoint=status.endpoint,
                 fingerprint=status.fingerprint,
-                round=progress.round if progress else None,
+                round=_latest(progress.round if progress else None, status.round),
                 accuracy=progress.accuracy if progress else None,
                 updated=max(status.time, progress.time) if progress else status.time,
             )
@@ -207,29 +239,48 @@ class Membership:
         return self._progress.pop(name, None) is not None and name in self._status
 
 
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    version = data.get("v", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"format version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"format version {version} is newer than this p2pfl reads ({FORMAT_VERSION}): upgrade it")
+
+
 def _parse_status(data: dict[str, Any], received: float | None) -> _Status:
     state = data.get("state")
     if state not in STATES:
         raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
+    # A reason this version does not know (from a newer node) still means the node left.
+    reason = data.get("reason")
+    round_ = data.get("round")
     return _Status(
-        state=state,
+        state=reason if state == "left" and reason in REASONS else state,
         endpoint=_optional_str(data, "endpoint"),
         fingerprint=_optional_str(data, "fingerprint"),
         time=received if received is not None else _time(data),
+        round=None if round_ is None else _round(round_),
     )
 
 
 def _parse_progress(data: dict[str, Any], received: float | None) -> _Progress:
-    round_ = data.get("round")
-    # bool is an int subclass; True is not a round number
-    if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 0:
-        raise ValueError(f"round {round_!r} is not a non-negative integer")
     return _Progress(
-        round=round_,
+        round=_round(data.get("round")),
         accuracy=_optional_number(data, "accuracy"),
         loss=_optional_number(data, "loss"),
         time=received if received is not None else _time(data),
     )
+
+
+def _round(value: object) -> int:
+    # bool is an int subclass; True is not a round number
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"round {value!r} is not a non-negative integer")
+    return value
 
 
 def _optional_str(data: dict[str, Any], key: str) -> str | None:

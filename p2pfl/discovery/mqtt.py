@@ -2,7 +2,9 @@
 
 The broker only carries small JSON announcements; model weights never go through it. Each
 node announces itself with a retained ``online`` status and registers a Last Will that the
-broker publishes (retained) as ``offline`` if the node vanishes without saying goodbye. What the
+broker publishes (retained) as ``offline`` if the node vanishes without saying goodbye. Leaving
+on purpose, it says why: ``finished`` (all rounds done) or ``stopped`` (stopped mid-run); a node
+that fails with an exception says ``offline``, as its Will would. What the
 broker says is advisory: a peer is treated as gone only when the broker explicitly says so,
 and a node the broker has never heard of is not considered offline, so static peer lists keep
 working with no broker at all. The broker is trusted to the extent its ACLs allow: anyone who
@@ -16,124 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
+from p2pfl.discovery.broker import (
+    PUBLISH_TIMEOUT,
+    check_level,
+    close,
+    import_aiomqtt,
+    parse_broker_url,
+    payload_bytes,
+    retry,
+)
 from p2pfl.discovery.membership import (
     Membership,
     MemberStatus,
-    check_topic_level,
     progress_payload,
     progress_topic,
     status_payload,
     status_topic,
     topic_prefix,
 )
-from p2pfl.errors import ConfigError, NodeError, TransportError
+from p2pfl.errors import ConfigError, NodeError
 
 if TYPE_CHECKING:
     import aiomqtt
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-DEFAULT_PORT = 1883
-# Reconnect pacing: doubling from BACKOFF_BASE up to BACKOFF_MAX, each delay scaled by a
-# random factor so that a consortium restarting together does not hammer the broker in step.
-BACKOFF_BASE = 0.1
-BACKOFF_MAX = 5.0
-# How long a best-effort publish ("left", progress) may wait for the broker's acknowledgement:
-# neither shutting down nor a training round may hang on a broker that just went away.
-PUBLISH_TIMEOUT = 2.0
-
-
-def parse_broker_url(broker: str) -> tuple[str, int]:
-    """Split ``mqtt://host[:port]`` into host and port (1883 by default).
-
-    Raises:
-        ConfigError: on another scheme, a missing host, a bad port or extra URL parts.
-    """
-    example = "expected mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
-    try:
-        url = urlsplit(broker)
-        port = url.port
-    except ValueError as exc:  # urlsplit raises on a non-numeric or out-of-range port
-        raise ConfigError("discovery", f"broker {broker!r} is not a valid URL ({exc}); {example}") from None
-    if url.scheme != "mqtt":
-        raise ConfigError(
-            "discovery", f"broker {broker!r} must use the mqtt:// scheme (TLS is not supported); {example}"
-        )
-    if not url.hostname:
-        raise ConfigError("discovery", f"broker {broker!r} has no host; {example}")
-    if url.username is not None or url.path not in ("", "/") or url.query or url.fragment:
-        raise ConfigError("discovery", f"broker {broker!r} has parts other than host and port; {example}")
-    if port == 0:
-        raise ConfigError("discovery", f"broker {broker!r} has port 0; {example}")
-    return url.hostname, port if port is not None else DEFAULT_PORT
-
-
-def _check_level(field: str, value: str) -> None:
-    problem = check_topic_level(field, value)
-    if problem is not None:
-        raise ConfigError("discovery", problem)
-
-
-def _import_aiomqtt() -> Any:
-    try:
-        import aiomqtt
-    except ImportError:
-        raise ConfigError(
-            "discovery", "MQTT discovery needs aiomqtt: pip install 'p2pfl-gossip[mqtt]'"
-        ) from None
-    return aiomqtt
-
-
-async def _retry(attempt: Callable[[], Awaitable[T]], timeout: float | None, what: str) -> T:
-    """Run ``attempt`` until it succeeds, backing off exponentially with jitter.
-
-    Args:
-        attempt: one try; an ``aiomqtt.MqttError`` or ``OSError`` from it means "try again".
-        timeout: give up after this many seconds; ``None`` retries until cancelled.
-        what: the broker, for messages.
-
-    Raises:
-        TransportError: when ``timeout`` runs out.
-    """
-    mqtt = _import_aiomqtt()
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    delay = BACKOFF_BASE
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return await attempt()
-        except (mqtt.MqttError, OSError) as exc:
-            error = exc
-        pause = delay * random.uniform(0.5, 1.0)
-        delay = min(delay * 2, BACKOFF_MAX)
-        if deadline is not None and loop.time() + pause > deadline:
-            raise TransportError(
-                f"cannot reach MQTT broker {what} after {tries} tries in {timeout:g} s: {error}"
-            ) from None
-        # the first failure and then every fifth are worth a line: the node is waiting on it
-        level = logging.WARNING if tries == 1 or tries % 5 == 0 else logging.DEBUG
-        log.log(level, "MQTT broker %s not reachable (%s, try %d)%s; retrying in %.1f s", what, error, tries,
-                "" if timeout is None else f", giving up after {timeout:g} s", pause)
-        await asyncio.sleep(pause)
-
-
-async def _close(client: aiomqtt.Client) -> None:
-    """Disconnect ``client``, tolerating a broker that is already gone."""
-    mqtt = _import_aiomqtt()
-    try:
-        await client.__aexit__(None, None, None)
-    except mqtt.MqttError as exc:
-        log.debug("MQTT disconnect was not clean: %s", exc)
 
 
 async def _stop(task: asyncio.Task[None], name: str) -> None:
@@ -150,18 +62,15 @@ async def _stop(task: asyncio.Task[None], name: str) -> None:
         log.error("MQTT listener of node %s had failed", name, exc_info=task.exception())
 
 
-def _payload_bytes(payload: object) -> bytes:
-    # aiomqtt hands incoming payloads over as bytes; anything else is not ours to parse.
-    return bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-
-
 class MqttPresence:
     """One node's presence: announces itself (retained) with a Last Will that marks it offline,
     and tracks the consortium's live membership.
 
     Use it as ``async with MqttPresence(...) as presence:`` on the node's event loop. While
     inside, it owns one listener task that also reconnects (and re-announces) if the broker
-    connection drops; membership stays as last seen until then.
+    connection drops; membership stays as last seen until then. Leaving announces
+    ``finished`` once :meth:`finish` was called, else ``stopped`` (also when cancelled), and
+    ``offline`` when an exception other than a cancellation ends the block.
 
     Args:
         broker: ``mqtt://host:port``.
@@ -191,8 +100,8 @@ class MqttPresence:
         connect_timeout: float = 30.0,
     ) -> None:
         self._host, self._port = parse_broker_url(broker)
-        _check_level("consortium", consortium)
-        _check_level("name", name)
+        check_level("consortium", consortium)
+        check_level("name", name)
         if keepalive < 1:
             raise ConfigError("discovery", f"keepalive must be at least 1 s, got {keepalive}")
         self.broker = broker
@@ -209,12 +118,14 @@ class MqttPresence:
         self._connected = False
         # Re-sent on every reconnection, since a restarted broker may have lost retained messages.
         self._progress: bytes | None = None
+        self._last_round: int | None = None  # the last round reported, named when leaving
+        self._finished = False
         self._listener: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MqttPresence:
         if self._listener is not None:
             raise NodeError(f"MQTT presence of {self.name!r} is already running")
-        self._client = await _retry(self._open_session, self._connect_timeout, self.broker)
+        self._client = await retry(self._open_session, self._connect_timeout, self.broker)
         self._connected = True
         self._listener = asyncio.create_task(self._listen(), name=f"p2pfl-mqtt-presence-{self.name}")
         log.info("node %s announced online on %s (consortium %s)", self.name, self.broker, self.consortium)
@@ -226,7 +137,6 @@ class MqttPresence:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        mqtt = _import_aiomqtt()
         listener, self._listener = self._listener, None
         if listener is not None:
             await _stop(listener, self.name)
@@ -237,24 +147,39 @@ class MqttPresence:
         if not connected:
             # The broker is unreachable: it will publish our Will once it notices, and nobody
             # can be told "left" now anyway.
-            await _close(client)
+            await close(client)
             return
+        # The graceful disconnect below makes the broker discard the Will, so say it ourselves.
+        failed = exc is not None and not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        reason = None if failed else "finished" if self._finished else "stopped"
+        await self._say_goodbye(client, reason)
+        await close(client)
+        log.info("node %s left %s (%s)", self.name, self.broker, reason or "failed: announced offline")
+
+    def finish(self, last_round: int) -> None:
+        """Mark the run complete: on leaving, announce ``finished`` after ``last_round`` (else ``stopped``)."""
+        self._finished = True
+        self._last_round = last_round if self._last_round is None else max(self._last_round, last_round)
+
+    async def _say_goodbye(self, client: aiomqtt.Client, reason: str | None) -> None:
+        """Publish ``left`` with ``reason`` (``finished``/``stopped``), or ``offline`` for ``None``; best effort."""
+        mqtt = import_aiomqtt()
+        # "left" stays the wire state so that older readers see the node gone; the reason is extra
+        payload = (
+            status_payload("offline", self.endpoint, self.fingerprint) if reason is None
+            else status_payload("left", self.endpoint, self.fingerprint, reason=reason, round=self._last_round)
+        )
         try:
-            # "left" (not "offline") tells peers this was on purpose; the graceful disconnect
-            # below makes the broker discard the Will so it cannot overwrite it.
             await client.publish(
-                status_topic(self.consortium, self.name),
-                status_payload("left", self.endpoint, self.fingerprint),
-                qos=1, retain=True, timeout=PUBLISH_TIMEOUT,
+                status_topic(self.consortium, self.name), payload, qos=1, retain=True, timeout=PUBLISH_TIMEOUT,
             )
         except mqtt.MqttError as exc:
             log.warning("node %s could not announce leaving on %s: %s", self.name, self.broker, exc)
-        await _close(client)
-        log.info("node %s left %s", self.name, self.broker)
 
     def is_offline(self, peer: str) -> bool:
         """True only if the broker says ``peer`` is offline or has left; unknown is not offline."""
-        return self._membership.state_of(peer) in ("offline", "left")
+        state = self._membership.state_of(peer)
+        return state is not None and state != "online"
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the event loop after every membership change.
@@ -276,10 +201,11 @@ class MqttPresence:
         Raises:
             NodeError: when called outside ``async with``.
         """
-        mqtt = _import_aiomqtt()
+        mqtt = import_aiomqtt()
         if self._client is None:
             raise NodeError(f"MQTT presence of {self.name!r} is not running: use it in 'async with'")
         self._progress = progress_payload(round, accuracy, loss)
+        self._last_round = round if self._last_round is None else max(self._last_round, round)
         if not self._connected:
             log.warning("node %s: MQTT broker unreachable, progress of round %d will follow on reconnection",
                         self.name, round)
@@ -294,7 +220,7 @@ class MqttPresence:
 
     async def _open_session(self) -> aiomqtt.Client:
         """Connect with the Will set, announce online, and subscribe; one attempt."""
-        mqtt = _import_aiomqtt()
+        mqtt = import_aiomqtt()
         topic = status_topic(self.consortium, self.name)
         client = mqtt.Client(
             self._host,
@@ -322,27 +248,27 @@ class MqttPresence:
             await client.subscribe(f"{prefix}/+/status", qos=1)
             await client.subscribe(f"{prefix}/+/progress", qos=1)
         except BaseException:
-            await _close(client)
+            await close(client)
             raise
         return client
 
     async def _listen(self) -> None:
         """Apply incoming messages; reconnect and re-announce whenever the broker drops us."""
-        mqtt = _import_aiomqtt()
+        mqtt = import_aiomqtt()
         while True:
             client = self._client
             assert client is not None  # set before this task starts, replaced only here
             try:
                 async for message in client.messages:
                     if self._membership.handle(
-                        str(message.topic), _payload_bytes(message.payload), bool(message.retain)
+                        str(message.topic), payload_bytes(message.payload), bool(message.retain)
                     ):
                         self._notify()
             except mqtt.MqttError as exc:
                 log.warning("node %s lost MQTT broker %s (%s); reconnecting", self.name, self.broker, exc)
             self._connected = False
-            await _close(client)
-            self._client = await _retry(self._open_session, None, self.broker)
+            await close(client)
+            self._client = await retry(self._open_session, None, self.broker)
             self._connected = True
             log.info("node %s reconnected to %s", self.name, self.broker)
 
@@ -352,45 +278,3 @@ class MqttPresence:
                 callback()
             except Exception:  # one faulty observer must not stop membership tracking
                 log.exception("membership callback %r failed", callback)
-
-
-async def watch_consortium(
-    broker: str, consortium: str, *, connect_timeout: float = 10.0
-) -> AsyncGenerator[dict[str, MemberStatus], None]:
-    """Follow a consortium's membership read-only (publishes nothing, accepts every name).
-
-    Yields the (possibly empty) snapshot once subscribed, then a new snapshot after each
-    change. Close it with ``contextlib.aclosing`` (or ``aclose()``) to disconnect promptly.
-
-    Raises:
-        ConfigError: on a malformed broker URL or consortium name.
-        TransportError: if the broker cannot be reached within ``connect_timeout`` seconds,
-            or the connection drops while watching.
-    """
-    host, port = parse_broker_url(broker)
-    _check_level("consortium", consortium)
-    mqtt = _import_aiomqtt()
-    membership = Membership(consortium)
-
-    async def connect() -> aiomqtt.Client:
-        client = mqtt.Client(host, port, timeout=min(10.0, connect_timeout))
-        await client.__aenter__()
-        try:
-            prefix = topic_prefix(consortium)
-            await client.subscribe(f"{prefix}/+/status", qos=1)
-            await client.subscribe(f"{prefix}/+/progress", qos=1)
-        except BaseException:
-            await _close(client)
-            raise
-        return client
-
-    client = await _retry(connect, connect_timeout, broker)
-    try:
-        yield membership.members()
-        async for message in client.messages:
-            if membership.handle(str(message.topic), _payload_bytes(message.payload), bool(message.retain)):
-                yield membership.members()
-    except mqtt.MqttError as exc:
-        raise TransportError(f"lost MQTT broker {broker}: {exc}") from None
-    finally:
-        await _close(client)

@@ -103,21 +103,56 @@ async def test_non_members_and_malformed_payloads_are_ignored(
     assert sum("malformed" in w for w in warnings) == 5
 
 
-async def test_graceful_exit_shows_left(mqtt_broker: str, consortium: str) -> None:
+async def test_graceful_exit_says_stopped_or_finished_with_the_last_round(mqtt_broker: str, consortium: str) -> None:
     async with presence(mqtt_broker, consortium, "alice") as alice:
         changes: list[str | None] = []
         alice.subscribe(lambda: changes.append(state(alice, "bob")))
-        async with presence(mqtt_broker, consortium, "bob"):
+        async with presence(mqtt_broker, consortium, "bob") as bob:
             await until(alice, lambda: state(alice, "bob") == "online")
+            await bob.publish_progress(3, 0.5, 1.0)
         await until(alice, lambda: alice.is_offline("bob"))
-        assert state(alice, "bob") == "left"
+        assert state(alice, "bob") == "stopped" and alice.members()["bob"].round == 3
+        async with presence(mqtt_broker, consortium, "bob") as bob:
+            await until(alice, lambda: state(alice, "bob") == "online")
+            bob.finish(9)  # its last progress report was lost: the goodbye still names round 9
+        await until(alice, lambda: state(alice, "bob") == "finished")
+        assert alice.is_offline("bob") and alice.members()["bob"].round == 9
         assert "offline" not in changes  # the Will was discarded, not fired
-    # retained: a late watcher still learns that both left
+    # retained: a late watcher still learns how both left
     async with aclosing(watch_consortium(mqtt_broker, consortium)) as snapshots:
         async with asyncio.timeout(WAIT):
             async for snapshot in snapshots:
-                if {m.state for m in snapshot.values()} == {"left"} and len(snapshot) == 2:
+                if {n: m.state for n, m in snapshot.items()} == {"alice": "stopped", "bob": "finished"}:
                     break
+
+
+async def test_a_node_failing_with_an_error_says_offline(mqtt_broker: str, consortium: str) -> None:
+    async with presence(mqtt_broker, consortium, "alice") as alice:
+        with pytest.raises(RuntimeError):
+            async with presence(mqtt_broker, consortium, "bob"):
+                await until(alice, lambda: state(alice, "bob") == "online")
+                raise RuntimeError("the learner broke")
+        await until(alice, lambda: alice.is_offline("bob"))
+        assert state(alice, "bob") == "offline"
+
+
+async def test_status_of_older_and_newer_formats(
+    mqtt_broker: str, consortium: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A goodbye without a reason (older nodes) shows as left; a newer format version is dropped."""
+    prefix = f"p2pfl/{consortium}/nodes"
+    async with presence(mqtt_broker, consortium, "alice") as alice, raw_client(mqtt_broker) as raw:
+        await raw.publish(f"{prefix}/bob/status", b'{"state": "online", "fingerprint": "fp-bob"}', qos=1)
+        await until(alice, lambda: state(alice, "bob") == "online")
+        await raw.publish(f"{prefix}/bob/status", b'{"v": 2, "state": "left", "fingerprint": "fp-bob"}', qos=1)
+        await raw.publish(f"{prefix}/bob/status", b'{"state": "left", "fingerprint": "fp-bob"}', qos=1)
+        await until(alice, lambda: state(alice, "bob") != "online")
+        assert state(alice, "bob") == "left" and alice.is_offline("bob")
+        await raw.publish(f"{prefix}/bob/status", b'{"state": "left", "reason": "evicted", "fingerprint": "fp-bob",'
+                          b' "round": 4}', qos=1)
+        await until(alice, lambda: alice.members()["bob"].round == 4)
+        assert state(alice, "bob") == "left"  # a reason from a newer version: still gone
+    assert any("format version 2 is newer" in r.getMessage() for r in caplog.records)
 
 
 VICTIM = """
@@ -193,7 +228,96 @@ async def test_cli_watch_once_prints_the_table(mqtt_broker: str, consortium: str
     assert lines[1].split() == ["NAME", "STATE", "ROUND", "ACCURACY", "ENDPOINT", "FINGERPRINT", "UPDATED"]
     alice_row, bob_row = lines[2].split(), lines[3].split()
     assert alice_row[:6] == ["alice", "online", "7", "0.5000", "tcp://127.0.0.1:5005", "fp-alice"]
-    assert bob_row[:6] == ["bob", "left", "-", "-", "tcp://127.0.0.1:5003", "fp-bob"]
+    assert bob_row[:6] == ["bob", "stopped", "-", "-", "tcp://127.0.0.1:5003", "fp-bob"]
+
+
+async def watch_cli(*args: str) -> tuple[int, str, str]:
+    """Run ``p2pfl watch ARGS`` to its end; its exit code, stdout and stderr."""
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pfl", "watch", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    async with asyncio.timeout(30):
+        out, err = await cli.communicate()
+    assert cli.returncode is not None
+    return cli.returncode, out.decode(), err.decode()
+
+
+async def test_cli_watch_piped_prints_one_line_per_change(mqtt_broker: str, consortium: str) -> None:
+    lines = []
+    async with presence(mqtt_broker, consortium, "alice"):
+        pass  # a retained "stopped" for the watcher to start with
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pfl", "watch", "--broker", mqtt_broker, "--consortium", consortium,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    try:
+        assert cli.stdout is not None
+        async with asyncio.timeout(30):
+            lines.append((await cli.stdout.readline()).decode())  # the retained status: it is watching now
+        async with presence(mqtt_broker, consortium, "alice") as alice:
+            for round_ in range(3):
+                await alice.publish_progress(round_, 0.5 + round_ / 10, 1.0)
+            await alice.publish_progress(2, 0.7, 0.9)  # same round and accuracy: no line
+            alice.finish(2)
+        async with asyncio.timeout(30):
+            while "finished" not in lines[-1]:
+                lines.append((await cli.stdout.readline()).decode())
+        cli.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            rest, _ = await cli.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            cli.kill()
+        await cli.wait()
+    assert rest == b""  # nothing more: no table, no repeated line
+    assert [line.split()[1:] for line in lines] == [
+        ["alice", "stopped"],
+        ["alice", "online"],
+        ["alice", "online", "round", "0", "accuracy", "0.5000"],
+        ["alice", "online", "round", "1", "accuracy", "0.6000"],
+        ["alice", "online", "round", "2", "accuracy", "0.7000"],
+        ["alice", "finished", "round", "2", "accuracy", "0.7000"],
+    ], lines
+    assert all(line[:8].count(":") == 2 for line in lines)  # HH:MM:SS first
+
+
+async def test_cli_watch_a_misspelt_consortium_lists_the_names_on_the_broker(
+    mqtt_broker: str, consortium: str
+) -> None:
+    async with presence(mqtt_broker, consortium, "alice"):
+        code, out, err = await watch_cli(
+            "--broker", mqtt_broker, "--consortium", consortium + "x", "--once", "--timeout", "0.5"
+        )
+    assert code == 2 and out == ""
+    expected = (
+        f"no node of consortium '{consortium}x' has announced itself on {mqtt_broker}; "
+        "check the name (the names known on this broker: "
+    )
+    assert expected in err, err
+    assert consortium in err.split("known on this broker: ")[1].rstrip(")\n").split(", ")
+
+
+async def test_cli_watch_takes_a_consortium_file_and_its_broker(
+    mqtt_broker: str, consortium: str, tmp_path: Path
+) -> None:
+    from p2pfl.consortium import init_consortium
+
+    description = tmp_path / "desc.toml"
+    description.write_text(
+        f'name = "{consortium}"\ntopology = "complete"\n[training]\nlearner = "m:f"\n'
+        f'discovery = "{mqtt_broker}"\n'
+        + "".join(f'[[members]]\nname = "{n}"\nhost = "127.0.0.1"\nport = {7400 + i}\n'
+                  for i, n in enumerate(("alice", "bob", "carol")))
+    )
+    bundle = init_consortium(description, tmp_path / "out")[0]
+    async with presence(mqtt_broker, consortium, "alice"):
+        for file in (bundle / "consortium.toml", bundle / "node.toml", description):
+            code, out, err = await watch_cli("--consortium", str(file), "--once", "--timeout", "0.5")
+            assert code == 0, err
+            assert out.startswith(f"consortium {consortium} on {mqtt_broker}: 1 online, 1 known"), out
+    code, _, err = await watch_cli("--consortium", str(tmp_path / "nothing.toml"), "--once")
+    assert code == 2 and "--consortium: file " in err and "does not exist" in err
 
 
 async def test_unreachable_broker_and_bad_urls_fail_clearly() -> None:
@@ -230,3 +354,41 @@ async def test_presence_reconnects_and_reannounces_after_broker_restart(own_mqtt
                     member = snapshot.get("alice")
                     if member is not None and member.state == "online" and member.round == 2:
                         break
+
+
+async def test_deployed_nodes_leave_the_last_round_and_how_they_ended_on_the_broker(
+    own_mqtt_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A finished node's last round reaches the broker before it says "finished"; a node
+    stopped by SIGTERM mid-run says "stopped" (nodes with static peers share the name "static")."""
+    from processes import TIMEOUT, finish, kill_all, metrics_rows, start, wait_for, write_ring_configs
+
+    rounds = 4
+    configs = write_ring_configs(tmp_path, 3, rounds=rounds, round_timeout=60.0)
+    for config in configs:
+        config.write_text(config.read_text().replace("[peers]", f'discovery = "{own_mqtt_broker.url}"\n[peers]'))
+    processes = [start(c, "--state-dir", str(tmp_path / f"state{i}")) for i, c in enumerate(configs)]
+    try:
+        await asyncio.to_thread(wait_for, lambda: len(metrics_rows(tmp_path / "state2")) >= 2, TIMEOUT, "2 rounds of 2")
+        processes[2].send_signal(signal.SIGTERM)
+        outputs = await asyncio.to_thread(finish, processes)
+    finally:
+        kill_all(processes)
+    rows = [metrics_rows(tmp_path / f"state{i}") for i in range(3)]
+    assert [r["round"] for r in rows[0]] == list(range(rounds)), outputs[0]
+    snapshot: dict[str, MemberStatus] = {}
+    async with aclosing(watch_consortium(own_mqtt_broker.url, "static")) as snapshots:
+        with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
+            async with asyncio.timeout(WAIT):
+                async for snapshot in snapshots:
+                    if len(snapshot) == 3 and all(m.accuracy is not None for m in snapshot.values()):
+                        break
+    assert set(snapshot) == {"0", "1", "2"}, snapshot
+    for i in (0, 1):
+        member = snapshot[str(i)]
+        assert (member.state, member.round) == ("finished", rounds - 1), (member, outputs[i])
+        assert member.accuracy == pytest.approx(rows[i][-1]["test_accuracy"])  # the last round's own report
+    stopped = snapshot["2"]
+    assert stopped.state == "stopped", outputs[2]
+    # SIGTERM may land after a round's metrics row is written but before its report is queued
+    assert stopped.round is not None and stopped.round in (rows[2][-1]["round"] - 1, rows[2][-1]["round"])
