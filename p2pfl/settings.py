@@ -29,15 +29,7 @@ from typing import Any
 from p2pfl.errors import ConfigError
 
 __all__ = [
-    "DP_MODES",
-    "MODES",
-    "SETTINGS",
-    "TRANSPORTS",
-    "Setting",
-    "describe",
-    "parse_start",
-    "setting",
-    "setting_of",
+    "DP_MODES", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting", "setting_of",
     "validate",
 ]
 
@@ -54,7 +46,7 @@ class Setting:
 
     ``ge``/``gt``/``le``/``lt`` bound numbers (``>=``, ``>``, ``<=``, ``<``); ``finite``
     refuses inf and NaN; ``choices`` lists the valid values; ``check`` returns why a
-    value is refused (None if fine). ``unit`` and ``note`` only shape the message, e.g.
+    value is refused (None if fine), or raises the ConfigError itself. ``unit`` and ``note`` only shape the message, e.g.
     ``must be >= 0 (0 = use local_epochs)``. ``shown`` replaces the default in help text.
     """
 
@@ -89,14 +81,12 @@ class Setting:
     def bounds(self) -> str:
         """The valid range in words: ``>= 1``, ``in [0, 1)``, ``a finite number > 0``."""
         low = f">= {_num(self.ge)}" if self.ge is not None else f"> {_num(self.gt)}" if self.gt is not None else ""
-        if self.ge is not None and self.le is not None:
-            text = f"{low} and <= {_num(self.le)}"
-        elif (self.ge is not None or self.gt is not None) and self.lt is not None:
-            text = f"in {'[' if self.ge is not None else '('}{_num(self.ge if self.ge is not None else self.gt)}, {_num(self.lt)})"
+        if low and self.lt is not None:  # a half-open interval
+            text = f"in {'[' if self.ge is not None else '('}{low.split()[1]}, {_num(self.lt)})"
         else:
-            text = low or f"<= {_num(self.le)}"
-        if self.finite:
-            text = f"a finite number {text}"
+            high = f"<= {_num(self.le)}" if self.le is not None else f"< {_num(self.lt)}" if self.lt is not None else ""
+            text = " and ".join(part for part in (low, high) if part)
+        text = f"a finite number {text}" if self.finite else text
         return text + (f" {self.unit}" if self.unit else "") + (f" ({self.note})" if self.note else "")
 
     def _bounded(self) -> bool:
@@ -204,10 +194,7 @@ def parse_start(spec: str) -> tuple[str, int, datetime | None]:
 
 
 def _start_problem(value: str) -> str | None:
-    try:
-        parse_start(value)
-    except ConfigError as exc:
-        return str(exc)[len("start: "):]
+    parse_start(value)  # raises ConfigError("start", ...) with the valid forms
     return None
 
 
@@ -228,12 +215,12 @@ def _learner_args_problem(value: Mapping[Any, Any]) -> str | None:
     return None
 
 
-def _non_empty(what: str) -> Callable[[str], str | None]:
-    return lambda value: None if value else f"missing; give {what}"
+def _name_problem(value: str) -> str | None:
+    return None if value else "missing; give this node's name"
 
 
-def _prefix(prefix: str, example: str) -> Callable[[str], str | None]:
-    return lambda value: None if not value or value.startswith(prefix) else f"{value!r}: use {example} or leave it empty"
+def _discovery_problem(value: str) -> str | None:
+    return None if not value or value.startswith("mqtt://") else f"{value!r}: use mqtt://host:port or leave it empty"
 
 
 def _endpoint(value: str) -> str | None:
@@ -305,8 +292,7 @@ _ALL = [
     _S("secure_aggregation", bool, False, "secure aggregation: each node learns only the weighted sum of its "
        "neighbours' models (pairwise masks; needs >= 3 neighbours per node, mode sync, aggregator mean)"),
     # one organisation's node
-    _S("name", str, "", "this node's name (its member name in consortium.toml)",
-       check=_non_empty("this node's name")),
+    _S("name", str, "", "this node's name (its member name in consortium.toml)", check=_name_problem),
     _S("bind", str, "", "where the node listens, e.g. tcp://0.0.0.0:7002", check=_endpoint),
     _S("consortium", str, "", "public consortium file: members, endpoints, public keys, topology"),
     _S("peers", dict[str, str], {}, "static name = endpoint table (instead of a consortium file)"),
@@ -317,8 +303,7 @@ _ALL = [
        check=_learner_problem),
     _S("learner_args", dict[str, Any], {}, "keyword arguments for the learner function", check=_learner_args_problem),
     _S("state_dir", str, "state", "where checkpoints, metrics.jsonl and the final model go"),
-    _S("discovery", str, "", "optional mqtt://host:port for live membership",
-       check=_prefix("mqtt://", "mqtt://host:port")),
+    _S("discovery", str, "", "optional mqtt://host:port for live membership", check=_discovery_problem),
     _S("hello_interval", float, 1.0, "first delay between greetings while waiting to start", gt=0, unit="seconds"),
 ]
 #: Every setting by key.
@@ -342,11 +327,13 @@ def _num(value: float | None) -> str:
 
 # --- rules over several keys: each lives here once ------------------------------------------
 
-_RULES: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], None]]] = []
+_Rule = Callable[[Mapping[str, Any]], None]
+_RULES: list[tuple[tuple[str, ...], _Rule]] = []
 
 
-def _rule(*keys: str) -> Callable[[Callable[[Mapping[str, Any]], None]], Callable[[Mapping[str, Any]], None]]:
-    def register(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Mapping[str, Any]], None]:
+def _rule(*keys: str) -> Callable[[_Rule], _Rule]:
+    """Register a rule run by :func:`validate` on configs that have all of ``keys``."""
+    def register(check: _Rule) -> _Rule:
         _RULES.append((keys, check))
         return check
 
@@ -407,38 +394,25 @@ def _privacy(v: Mapping[str, Any]) -> None:
         raise ConfigError("target_epsilon", f"dp = {dp!r} needs target_epsilon > 0 or noise > 0 (else epsilon is infinite)")
 
 
-@_rule("secure_aggregation", "mode")
-def _secure_needs_sync(v: Mapping[str, Any]) -> None:
-    if v["secure_aggregation"] and v["mode"] != "sync":
+@_rule("secure_aggregation")
+def _secure_aggregation(v: Mapping[str, Any]) -> None:
+    """What secure aggregation needs, of the keys this config has."""
+    if not v["secure_aggregation"]:
+        return
+    if v.get("mode", "sync") != "sync":
         raise ConfigError("secure_aggregation", "needs the round barrier: use mode = \"sync\"")
-
-
-@_rule("secure_aggregation", "aggregator")
-def _secure_needs_the_mean(v: Mapping[str, Any]) -> None:
-    if v["secure_aggregation"] and v["aggregator"] != "mean":
+    if v.get("aggregator", "mean") != "mean":
         raise ConfigError(
             "secure_aggregation", f"aggregator {v['aggregator']!r} needs each neighbour's model; secure "
             "aggregation reveals only their sum: use aggregator = \"mean\"",
         )
-
-
-@_rule("secure_aggregation", "fanout")
-def _secure_needs_a_static_topology(v: Mapping[str, Any]) -> None:
-    if v["secure_aggregation"] and v["fanout"]:
+    if v.get("fanout"):
         raise ConfigError(
             "secure_aggregation", "needs a static topology (fanout = 0): random peers give neighbourhoods under 3"
         )
-
-
-@_rule("secure_aggregation", "attack")
-def _secure_without_attacks(v: Mapping[str, Any]) -> None:
-    if v["secure_aggregation"] and v["attack"]:
+    if v.get("attack"):
         raise ConfigError("secure_aggregation", "attack simulations are not supported with secure aggregation")
-
-
-@_rule("secure_aggregation", "insecure", "secret_key")
-def _secure_needs_the_curve_key(v: Mapping[str, Any]) -> None:
-    if v["secure_aggregation"] and (v["insecure"] or not v["secret_key"]):
+    if "secret_key" in v and (v["insecure"] or not v["secret_key"]):
         raise ConfigError(
             "secure_aggregation", "derives its pairwise masks from the Curve key pair: give secret_key, not --insecure"
         )

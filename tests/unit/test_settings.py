@@ -267,3 +267,27 @@ def test_node_keys_are_exactly_what_init_writes(tmp_path: Path) -> None:
         assert tuple(written) == NODE_KEYS
         assert set(TrainingSettings.__dataclass_fields__) <= set(written)  # every [training] key reaches it
         load_toml(OrgNodeConfig, out / name / "node.toml")  # and the node reads every one of them
+
+
+# --------------------------------------------------------------------------- secure aggregation's neighbourhood
+
+
+def test_too_few_neighbours_is_one_refusal_in_the_simulation_the_node_and_the_consortium_tools() -> None:
+    from p2pfl.deploy.config import require_secure_neighbourhood
+    from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
+    from p2pfl.simulation.setup import check_secure_neighbourhoods
+    from p2pfl.topology import StaticSchedule, build_topology
+
+    ring = StaticSchedule(build_topology("ring", 4))
+    errors = secure_neighbourhood_errors(ring, ["0", "2"])
+    assert list(errors) == ["0", "2"]
+    refusal = str(errors["0"])
+    assert refusal.startswith("secure_aggregation: secure aggregation needs at least 3 neighbours per receiver")
+    with pytest.raises(ConfigError) as node:
+        require_secure_neighbourhood(ring.plan("0", 0))
+    assert str(node.value) == refusal
+    with pytest.raises(ConfigError) as simulation:
+        check_secure_neighbourhoods(ring, ["0", "1", "2", "3"])
+    assert str(simulation.value).startswith(refusal + '; use e.g. topology = "random-regular:4"')
+    complete = StaticSchedule(build_topology("complete", 4))
+    assert secure_neighbourhood_errors(complete, ["0", "1", "2", "3"]) == {}
