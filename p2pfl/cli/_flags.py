@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from p2pfl.settings import describe
 
 
 def add_setting_flags(
-    parser: argparse.ArgumentParser, config_class: type, keys: typing.Iterable[str] | None = None,
-    *, defaults: typing.Mapping[str, Any] | None = None,
+    parser: argparse.ArgumentParser, config_class: type, keys: Iterable[str] | None = None,
+    *, defaults: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Add ``--key`` (``_`` as ``-``) for each setting of ``config_class``; returns the dests.
 
