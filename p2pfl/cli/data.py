@@ -5,23 +5,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from p2pfl.cli._flags import add_setting_flags
+from p2pfl.config import config_from_mapping
+from p2pfl.simulation.config import ExperimentConfig
+
+DEFAULT_NODES = 16
+KEYS = ("dataset", "nodes", "partition", "seed", "test_fraction")
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("data", help="show per-node label counts of a partition")
-    parser.add_argument("--dataset", default="digits", help="digits, breast_cancer, csv:PATH, npz:PATH")
-    parser.add_argument("--nodes", type=int, default=16)
-    parser.add_argument("--partition", default="dirichlet:0.5", help="iid, dirichlet:A, shards:K, quantity:A")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    # the settings of `p2pfl simulate`, with its defaults (16 nodes: there is no topology here)
+    defaults = {key: getattr(ExperimentConfig(), key) for key in KEYS} | {"nodes": DEFAULT_NODES}
+    add_setting_flags(parser, ExperimentConfig, KEYS, defaults=defaults)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from p2pfl.data import format_label_counts, label_counts, load_dataset, partition
-    from p2pfl.errors import ConfigError
 
-    if args.nodes < 1:  # as `p2pfl simulate` says it, before loading any data
-        raise ConfigError("nodes", f"must be >= 1, got {args.nodes}")
+    # checked as `p2pfl simulate` checks them, before loading any data
+    config_from_mapping(ExperimentConfig, {key: getattr(args, key) for key in KEYS})
     dataset = load_dataset(args.dataset, seed=args.seed, test_fraction=args.test_fraction)
     parts = partition(dataset.y_train, args.nodes, args.partition, seed=args.seed)
     counts = label_counts(dataset.y_train, parts, dataset.num_classes)

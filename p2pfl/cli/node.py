@@ -9,6 +9,8 @@ import logging
 import signal
 from typing import Any
 
+from p2pfl.settings import SETTINGS
+
 log = logging.getLogger("p2pfl.node")
 
 
@@ -20,11 +22,11 @@ def register(commands: Any) -> None:
         "resume from the last checkpoint); SIGHUP reloads the allow-list.",
     )
     parser.add_argument("--config", required=True, help="the node's node.toml")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plain-text links without authentication (logs a warning)")
-    parser.add_argument("--rounds", type=int, help="override the number of rounds")
-    parser.add_argument("--state-dir", help="override where checkpoints, metrics and the model go")
-    parser.add_argument("--start", help="override the start condition: all, none, min:N, at:TIME")
+    parser.add_argument("--insecure", action="store_true", help=SETTINGS["insecure"].help)
+    # each overrides the node.toml key of the same name
+    parser.add_argument("--rounds", type=int, help=f"override rounds: {SETTINGS['rounds'].help}")
+    parser.add_argument("--state-dir", help=f"override state_dir: {SETTINGS['state_dir'].help}")
+    parser.add_argument("--start", help=f"override start: {SETTINGS['start'].help}")
     parser.set_defaults(handler=run)
 
 

@@ -9,65 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from p2pfl.cli._flags import add_setting_flags
 from p2pfl.config import config_from_mapping, load_toml, parse_overrides
-from p2pfl.simulation.config import TRANSPORTS, ExperimentConfig
-
-# flag -> (type, help); each flag is the ExperimentConfig field of the same name
-_FLAGS: dict[str, tuple[type, str]] = {
-    "nodes": (int, "number of nodes (default 16, or the topology file's count)"),
-    "topology": (str, "ring, line, star, complete, torus[:RxC], grid[:RxC], hypercube, "
-                 "random-regular[:D], erdos-renyi[:P], small-world[:K,P], exponential, or a file"),
-    "mixing": (str, "metropolis (default), max-degree, or file (edge weights)"),
-    "fanout": (int, "time-varying gossip: each round send to this many random peers"),
-    "dataset": (str, "digits, breast_cancer, csv:PATH or npz:PATH"),
-    "partition": (str, "iid, dirichlet:ALPHA, shards:K or quantity:ALPHA"),
-    "model": (str, "mlp, cnn, logreg or module:function(input_shape, num_classes)"),
-    "rounds": (int, "communication rounds"),
-    "local_epochs": (int, "local epochs per round"),
-    "local_steps": (int, "exact local steps per round (overrides --local-epochs)"),
-    "lr": (float, "SGD learning rate"),
-    "momentum": (float, "SGD momentum"),
-    "weight_decay": (float, "SGD weight decay"),
-    "batch_size": (int, "local batch size"),
-    "seed": (int, "seed: fixes the whole run"),
-    "transport": (str, f"one of {', '.join(TRANSPORTS)}"),
-    "round_timeout": (float, "seconds a node waits for its neighbours each round"),
-    "mode": (str, "sync (rounds with a barrier, default) or async (no barrier: merge what "
-             "arrived, weighted by staleness)"),
-    "staleness": (float, "async: a model s clock ticks older than the grace counts "
-                  "(1+s)^-STALENESS of its mixing weight (0.5; 0 = no discount)"),
-    "staleness_grace": (int, "async: clock ticks of lag that are not discounted (5)"),
-    "slow_nodes": (int, "number of slow nodes (chosen with the seed)"),
-    "slowdown": (float, "how many times slower the slow nodes' steps are"),
-    "step_seconds": (float, "emulated step time of a normal node, so nodes behave as if on their "
-                     "own hardware (0 = as fast as this machine runs them)"),
-    "test_fraction": (float, "held-out share of the dataset"),
-    "device": (str, "torch device: cpu, cuda, ..."),
-    "aggregator": (str, "mean (default), median, trimmed-mean:B, krum:F, multi-krum:F,M, "
-                   "clipped-gossip[:TAU]"),
-    "attack": (str, "what --attackers nodes do: sign-flip, scale[:K], noise[:SIGMA], nan, inf, "
-               "stale, label-flip"),
-    "attackers": (int, "number of attacking nodes (chosen with the seed)"),
-    "dp": (str, "differential privacy: sample (DP-SGD via Opacus) or update (noised round update)"),
-    "target_epsilon": (float, "with --dp: choose the noise so epsilon after all rounds is <= this"),
-    "noise": (float, "with --dp: noise multiplier (noise std / clip) instead of --target-epsilon"),
-    "clip": (float, "with --dp: L2 clip of per-sample gradients (sample) or round updates (update)"),
-    "delta": (float, "with --dp: delta of the reported (epsilon, delta), default 1e-5"),
-    "out": (str, "output directory for metrics.jsonl and summary.json"),
-}
-
-# on/off flags; each is a bool field of ExperimentConfig
-_SWITCHES: dict[str, str] = {
-    "secure_aggregation": "secure aggregation: each node learns only the weighted sum of its "
-    "neighbours' models (pairwise masks; needs >= 3 neighbours per node, aggregator mean)",
-}
-
-# flags that may be given several times; each is a tuple field of ExperimentConfig
-_REPEATABLE: dict[str, str] = {
-    "fail": "crash a node after a round: node=NAME,round=R (repeatable)",
-    "recover": "restart a crashed node once the others finished a round: node=NAME,round=R (repeatable)",
-    "join": "start a node late, afresh, once the others finished a round: node=NAME,round=R (repeatable)",
-}
+from p2pfl.simulation.config import ExperimentConfig
 
 
 def register(commands: Any) -> None:
@@ -79,12 +23,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
     parser.add_argument("--config", help="TOML experiment file (keys as the flags, with _)")
-    for name, text in _REPEATABLE.items():
-        parser.add_argument("--" + name, dest=name, action="append", default=None, help=text)
-    for name, (kind, text) in _FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    for name, text in _SWITCHES.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=text)
+    add_setting_flags(parser, ExperimentConfig)  # every key, help and default from p2pfl.settings
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
@@ -92,9 +31,8 @@ def register(commands: Any) -> None:
 
 def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
-    flags = {
-        name: getattr(args, name) for name in (*_FLAGS, *_REPEATABLE, *_SWITCHES) if getattr(args, name) is not None
-    }
+    keys = (f.name for f in dataclasses.fields(ExperimentConfig))
+    flags = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     config = config_from_mapping(ExperimentConfig, flags, base=config)
     return config_from_mapping(ExperimentConfig, parse_overrides(args.overrides), base=config)
 

@@ -18,6 +18,7 @@ bundle (the organisation's learner module, ``state/``, notes) is left alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -30,7 +31,12 @@ from typing import Any, overload
 
 from p2pfl.consortium._parse import write_atomically
 from p2pfl.consortium._toml import dumps
-from p2pfl.consortium.description import Description, build_description_topology, load_description
+from p2pfl.consortium.description import (
+    Description,
+    TrainingSettings,
+    build_description_topology,
+    load_description,
+)
 from p2pfl.consortium.public import Consortium, Member, write_consortium
 from p2pfl.errors import ConfigError
 
@@ -54,22 +60,11 @@ TOPOLOGY_FILE = "topology.graphml"
 NODE_FILE = "node.toml"
 KEYS_DIR = "keys"
 STATE_DIR = "state"
-#: The keys init writes into every node.toml (the fixed node.toml format).
-NODE_KEYS = (
-    "name",
-    "bind",
-    "consortium",
-    "secret_key",
-    "public_key",
-    "learner",
-    "learner_args",
-    "rounds",
-    "local_epochs",
-    "round_timeout",
-    "start",
-    "state_dir",
-    "discovery",
-)
+#: What init writes into every node.toml besides the [training] settings (in this order).
+_BUNDLE_KEYS = ("name", "bind", "consortium", "secret_key", "public_key", "state_dir")
+#: The keys init writes into every node.toml: :func:`node_document` builds its table
+#: from this tuple, so the two cannot drift apart.
+NODE_KEYS = (*_BUNDLE_KEYS, *(f.name for f in dataclasses.fields(TrainingSettings)))
 
 
 @dataclass(frozen=True)
@@ -191,27 +186,20 @@ def init_consortium(
 
 
 def node_document(description: Description, index: int) -> dict[str, Any]:
-    """The node.toml contents of member ``index`` (paths relative to node.toml)."""
+    """The node.toml contents of member ``index`` (paths relative to node.toml): its own
+    keys, then every ``[training]`` setting (:data:`NODE_KEYS`, in that order)."""
     spec = description.members[index]
-    training = spec.training
-    return {
+    values = {
         "name": spec.name,
         "bind": spec.bind,
         "consortium": CONSORTIUM_FILE,
         "secret_key": f"{KEYS_DIR}/{spec.name}.key_secret",
         "public_key": f"{KEYS_DIR}/{spec.name}.key",
-        "learner": training.learner,
-        "learner_args": {**training.learner_args, "index": index},
-        "rounds": training.rounds,
-        "local_epochs": training.local_epochs,
-        "local_steps": training.local_steps,
-        "round_timeout": training.round_timeout,
-        "torch_threads": training.torch_threads,
-        "start": training.start,
         "state_dir": STATE_DIR,
-        "discovery": training.discovery,
-        "secure_aggregation": training.secure_aggregation,
+        **dataclasses.asdict(spec.training),
     }
+    values["learner_args"] = {**spec.training.learner_args, "index": index}
+    return {key: values[key] for key in NODE_KEYS}
 
 
 def _check_out_dir(out: Path, *, force: bool, keep_keys: bool) -> None:

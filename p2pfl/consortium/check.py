@@ -12,9 +12,9 @@ from typing import Any
 
 from p2pfl.consortium._parse import read_toml
 from p2pfl.consortium.bundle import CONSORTIUM_FILE, KEYS_DIR, NODE_FILE, NODE_KEYS
-from p2pfl.consortium.description import secure_neighbourhood_errors
 from p2pfl.consortium.public import Consortium, Member, load_consortium, load_consortium_topology
 from p2pfl.errors import P2PFLError
+from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
 
 __all__ = ["check_bundles"]
 
@@ -63,7 +63,9 @@ def check_bundles(out_dir: str | Path) -> list[str]:
 def _secure_aggregation_problems(out: Path, consortium: Consortium, topology: Any) -> list[str]:
     """The refusal each node with secure aggregation on would log at start."""
     secure = [m.name for m in consortium.members if _secure_aggregation_on(out / m.name / NODE_FILE)]
-    errors = secure_neighbourhood_errors(topology, secure)
+    from p2pfl.topology import StaticSchedule
+
+    errors = secure_neighbourhood_errors(StaticSchedule(topology), secure)  # as each node builds it
     return [f"{name}: {out / name / NODE_FILE}: {error}" for name, error in errors.items()]
 
 

@@ -18,6 +18,8 @@ import numpy as np
 
 from p2pfl.consortium._parse import build, message, read_toml, table
 from p2pfl.errors import ConfigError
+from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
+from p2pfl.settings import setting, validate
 
 __all__ = [
     "Description",
@@ -28,67 +30,37 @@ __all__ = [
     "endpoint_for",
     "load_description",
     "parse_description",
-    "secure_neighbourhood_errors",
 ]
 
 CONSORTIUM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-LEARNER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 #: Names a member cannot take: its bundle directory would collide with these files in OUT.
 RESERVED_NAMES = frozenset({"consortium.toml", "topology.graphml"})
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What every member's node.toml gets from ``[training]`` (keys = node.toml keys)."""
+    """What every member's node.toml gets from ``[training]`` (keys = node.toml keys, with
+    the defaults, bounds and help text of :mod:`p2pfl.settings`)."""
 
-    rounds: int = 40  # communication rounds
-    local_epochs: int = 1  # passes over the local data per round
-    local_steps: int = 0  # >0: exactly this many local steps per round instead
-    round_timeout: float = 60.0  # seconds a node waits for its neighbours each round
-    torch_threads: int = 0  # torch intra-op threads per node (0 = all cores; 1 when many share a machine)
-    start: str = "all"  # all | min:N | at:ISO-8601 UTC time
-    learner: str = ""  # module:function each organisation's node calls to build its learner
-    learner_args: dict[str, Any] = field(default_factory=dict)  # keyword args; init adds index (passed if taken)
-    discovery: str = ""  # optional mqtt://host:port for live membership
-    secure_aggregation: bool = False  # masked models: a member learns only its neighbours' weighted sum
+    rounds: int = setting("rounds")
+    local_epochs: int = setting("local_epochs")
+    local_steps: int = setting("local_steps")
+    round_timeout: float = setting("round_timeout")
+    torch_threads: int = setting("torch_threads")
+    start: str = setting("start")
+    learner: str = setting("learner")
+    learner_args: dict[str, Any] = setting("learner_args")  # init adds index (passed if taken)
+    discovery: str = setting("discovery")
+    secure_aggregation: bool = setting("secure_aggregation")
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError("rounds", f"must be >= 1, got {self.rounds}")
-        if self.local_epochs < 1:
-            raise ConfigError("local_epochs", f"must be >= 1, got {self.local_epochs}")
-        if self.local_steps < 0:
-            raise ConfigError("local_steps", f"must be >= 0 (0 = use local_epochs), got {self.local_steps}")
-        if self.torch_threads < 0:
-            raise ConfigError("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}")
-        if not self.round_timeout > 0:
-            raise ConfigError("round_timeout", f"must be > 0 seconds, got {self.round_timeout}")
-        from p2pfl.node.peers import StartCondition
-
-        StartCondition.parse(self.start)  # raises ConfigError("start", ...) with the valid forms
-        if not self.learner:
-            raise ConfigError(
-                "learner",
-                "missing; give the module:function that builds each node's learner, "
-                'e.g. learner = "p2pfl.examples.bundled:build_learner"',
-            )
-        if not LEARNER.fullmatch(self.learner):
-            raise ConfigError(
-                "learner", f"{self.learner!r} is not module:function (e.g. mypackage.models:build_learner)"
-            )
-        for key in self.learner_args:
-            if not isinstance(key, str) or not key.isidentifier():
-                raise ConfigError(
-                    f"learner_args.{key}", "must be a Python identifier (it is passed as a keyword)"
-                )
+        validate(self)
         if "index" in self.learner_args:
             raise ConfigError(
                 "learner_args.index",
                 "is set by init to each member's position; remove it from the description",
             )
-        if self.discovery and not self.discovery.startswith("mqtt://"):
-            raise ConfigError("discovery", f"{self.discovery!r}: use mqtt://host:port or leave it out")
 
 
 @dataclass(frozen=True)
@@ -165,9 +137,12 @@ class Description:
 @dataclass(frozen=True)
 class _Header:
     name: str = ""
-    topology: str = "ring"
-    mixing: str = "metropolis"
-    seed: int = 0
+    topology: str = setting("topology")
+    mixing: str = setting("mixing")
+    seed: int = setting("seed")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def endpoint_for(host: str, port: int) -> str:
@@ -208,8 +183,6 @@ def parse_description(values: Mapping[str, Any], *, directory: Path = Path("."))
         raise ConfigError(
             "name", f"{header.name!r}: use ASCII letters, digits, '-' and '_', starting with a letter or digit"
         )
-    if header.seed < 0:
-        raise ConfigError("seed", f"must be >= 0, got {header.seed}")
     from p2pfl.topology.mixing import resolve_mixing_method
 
     try:
@@ -291,26 +264,12 @@ def build_description_topology(description: Description) -> Any:
     return topology
 
 
-def secure_neighbourhood_errors(topology: Any, names: list[str]) -> dict[str, ConfigError]:
-    """The error each of ``names`` would stop with at start, were it to run secure
-    aggregation on ``topology``: those with fewer than 3 neighbours."""
-    from p2pfl.deploy.config import require_secure_neighbourhood
-    from p2pfl.topology import StaticSchedule
-
-    schedule = StaticSchedule(topology)  # what a node builds from the consortium's graph
-    errors = {}
-    for name in names:
-        try:
-            require_secure_neighbourhood(schedule.plan(name, 0))
-        except ConfigError as exc:
-            errors[name] = exc
-    return errors
-
-
 def _check_secure_aggregation(description: Description, topology: Any) -> None:
     """Refuse what every such node would refuse at start, naming all the members concerned."""
+    from p2pfl.topology import StaticSchedule
+
     secure = [m.name for m in description.members if m.training.secure_aggregation]
-    errors = secure_neighbourhood_errors(topology, secure)
+    errors = secure_neighbourhood_errors(StaticSchedule(topology), secure)  # the schedule a node builds
     if not errors:
         return
     first = next(iter(errors))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from p2pfl.errors import ConfigError
 from p2pfl.node.arrivals import Arrivals
+from p2pfl.settings import parse_start
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,8 @@ class StartCondition:
     @classmethod
     def parse(cls, spec: str) -> StartCondition:
         """Parse ``all``, ``none``, ``min:N`` or ``at:2026-12-01T10:00:00Z``."""
-        kind, _, value = spec.strip().partition(":")
-        if kind in ("all", "none") and not value:
-            return cls(kind)
-        if kind == "min" and value.isdigit() and int(value) >= 0:
-            return cls("min", count=int(value))
-        if kind == "at" and value:
-            try:
-                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                pass
-            else:
-                return cls("at", at=when if when.tzinfo else when.replace(tzinfo=UTC))
-        raise ConfigError(
-            "start", f"{spec!r} is not a start condition: use all, none, min:N or at:2026-12-01T10:00:00Z"
-        )
+        kind, count, at = parse_start(spec)  # the grammar lives with the setting it checks
+        return cls(kind, count=count, at=at)
 
     def holds(self, present: int, neighbours: int, now: datetime | None = None) -> bool:
         if self.kind == "all":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from p2pfl import wire
-from p2pfl.errors import ConfigError
+from p2pfl.settings import setting, validate
 
 if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's parent)
     from p2pfl.learning.learner import Weights
@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's 
 @dataclass(frozen=True)
 class NodeConfig:
     """How one node runs its rounds.
+
+    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness`` and ``staleness_grace``
+    are the settings of :mod:`p2pfl.settings` (same defaults and checks as in node.toml).
 
     Attributes:
         name: this node's name; peers know it by this and it is the header's sender.
@@ -37,31 +40,18 @@ class NodeConfig:
         staleness_grace: async mode: clock ticks of lag that are not discounted.
     """
 
-    name: str
-    rounds: int
-    round_timeout: float = 30.0
+    name: str = setting("name", required=True)
+    rounds: int = setting("rounds", required=True)
+    round_timeout: float = setting("round_timeout")
     max_rounds_ahead: int = 4
     start_round: int = 0
     limits: wire.WireLimits = wire.WireLimits()
-    mode: str = "sync"
-    staleness: float = 0.5
-    staleness_grace: int = 5
+    mode: str = setting("mode")
+    staleness: float = setting("staleness")
+    staleness_grace: int = setting("staleness_grace")
 
     def __post_init__(self) -> None:
-        check_mode(self.mode, self.staleness, self.staleness_grace)
-
-
-MODES = ("sync", "async")
-
-
-def check_mode(mode: str, staleness: float, staleness_grace: int) -> None:
-    """Raises ConfigError naming ``mode``, ``staleness`` or ``staleness_grace`` if invalid."""
-    if mode not in MODES:
-        raise ConfigError("mode", f"must be sync or async, got {mode!r}")
-    if not staleness >= 0:
-        raise ConfigError("staleness", f"must be >= 0 (0 = no staleness discount), got {staleness}")
-    if staleness_grace < 0:
-        raise ConfigError("staleness_grace", f"must be >= 0 clock ticks, got {staleness_grace}")
+        validate(self)
 
 
 @dataclass(frozen=True)

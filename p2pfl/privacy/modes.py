@@ -1,5 +1,7 @@
-"""The differential-privacy modes a run can ask for by name (no heavy imports: configs read it)."""
+"""The differential-privacy modes a run can ask for by name (defined once, in the settings schema)."""
 
 from __future__ import annotations
 
-DP_MODES = ("", "sample", "update")  # off | DP-SGD per sample | clipped+noised update per round
+from p2pfl.settings import DP_MODES
+
+__all__ = ["DP_MODES"]

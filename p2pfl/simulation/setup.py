@@ -24,6 +24,7 @@ from p2pfl.data import Dataset, load_dataset, partition
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.learning.learner import ArrayBatches, TorchLearner
 from p2pfl.learning.models import build_model
+from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.worker import claimed_core, current_cpu
 from p2pfl.topology import RandomPeerSchedule, StaticSchedule, Topology, build_topology
@@ -81,13 +82,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
 
 def check_secure_neighbourhoods(schedule: GossipSchedule, names: list[str]) -> None:
     """Secure aggregation needs every node to have at least 3 neighbours."""
-    from p2pfl.errors import NodeError
-    from p2pfl.privacy.secagg import check_schedule
-
-    try:
-        check_schedule(schedule, names)
-    except NodeError as exc:
-        raise ConfigError("secure_aggregation", f"{exc}; use e.g. topology = \"random-regular:4\" or a torus") from None
+    errors = list(secure_neighbourhood_errors(schedule, names).values())
+    if errors:  # the first node that would refuse, with how to fix the topology
+        why = str(errors[0]).partition(": ")[2]
+        raise ConfigError(errors[0].field, f"{why}; use e.g. topology = \"random-regular:4\" or a torus")
 
 
 def pick_attackers(config: ExperimentConfig, n: int) -> list[int]:
