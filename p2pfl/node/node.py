@@ -166,6 +166,8 @@ class Node:
         weights = learner.get_weights()
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(weights)
         self._limits = limits_for(weights, config)
+        # libzmq buffers whatever frame size a stranger declares, even mid-handshake
+        transport.limit_message_size(self._limits.max_message_bytes)
         self.secure = secure
         self._kind_schemas: Mapping[str, Mapping[str, wire.TensorSpec]] | None = None
         if secure is not None and config.mode == "async":
@@ -202,7 +204,7 @@ class Node:
             self.presence.subscribe(self._on_presence_change)
         # Messages are handled straight from the socket's reader callback: no task of
         # its own to own, and no task wake-up per message.
-        self.transport.listen(self._on_incoming)
+        self.transport.listen(self._on_incoming, on_rejection=self._on_rejected_connection)
         self._started = True
         log.debug("node %s listening on %s", self.name, self.endpoint)
         return self
@@ -753,6 +755,13 @@ class Node:
         except Exception:  # a peer must never be able to stop the node
             self._count_rejection("internal_error", "unexpected error handling a message")
             log.exception("node %s: error handling a message; message dropped", self.name)
+        self._wake_stat_waiters()
+
+    def _on_rejected_connection(self, reason: str, detail: str) -> None:
+        self._count_rejection(reason, detail)
+        self._wake_stat_waiters()
+
+    def _wake_stat_waiters(self) -> None:
         for predicate, waiter in self._stat_waiters:  # only tests and tools wait
             if not waiter.done() and predicate(self.stats):
                 waiter.set_result(None)
