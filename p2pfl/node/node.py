@@ -104,6 +104,8 @@ class Node:
         weights = learner.get_weights()
         self._schema: Mapping[str, wire.TensorSpec] = wire.schema_of(weights)
         self._limits = limits_for(weights, config)
+        # libzmq buffers whatever frame size a stranger declares, even mid-handshake
+        transport.limit_message_size(self._limits.max_message_bytes)
         self._exchange: Exchange
         if secure is not None:
             self._exchange = secure.build_exchange(self._link, mode=config.mode, aggregator=aggregator,
@@ -140,7 +142,7 @@ class Node:
         self._link.watch_presence()
         # Messages are handled straight from the socket's reader callback: no task of
         # its own to own, and no task wake-up per message.
-        self.transport.listen(self._on_incoming)
+        self.transport.listen(self._on_incoming, on_rejection=self._on_rejected_connection)
         self._started = True
         log.debug("node %s listening on %s", self.name, self.endpoint)
         return self
@@ -286,6 +288,14 @@ class Node:
 
     def _on_incoming(self, incoming: Incoming) -> None:
         self._receiver.receive(incoming)
+        self._wake_stat_waiters()
+
+    def _on_rejected_connection(self, reason: str, detail: str) -> None:
+        """A connection the transport dropped (e.g. a stranger's oversized frame)."""
+        self._receiver.count_rejection(reason, detail)
+        self._wake_stat_waiters()
+
+    def _wake_stat_waiters(self) -> None:
         for predicate, waiter in self._stat_waiters:  # only tests and tools wait
             if not waiter.done() and predicate(self.stats):
                 waiter.set_result(None)

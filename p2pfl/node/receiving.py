@@ -76,9 +76,9 @@ class Receiver:
         try:
             self._accept(incoming)
         except WireError as exc:
-            self._count_rejection(exc.reason, str(exc))
+            self.count_rejection(exc.reason, str(exc))
         except Exception:
-            self._count_rejection("internal_error", "unexpected error handling a message")
+            self.count_rejection("internal_error", "unexpected error handling a message")
             log.exception("node %s: error handling a message; message dropped", self.name)
 
     def _accept(self, incoming: Incoming) -> None:
@@ -166,7 +166,7 @@ class Receiver:
         self._link.inbox.poke()
         log.info("node %s: %s says it is leaving; not waiting for it", self.name, message.sender)
 
-    def _count_rejection(self, reason: str, detail: str) -> None:
+    def count_rejection(self, reason: str, detail: str) -> None:
         rejected = self._link.stats.rejected
         rejected[reason] += 1
         count = rejected[reason]

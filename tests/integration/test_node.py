@@ -41,7 +41,9 @@ async def test_every_bad_message_is_rejected_counted_and_the_node_keeps_serving(
             "schema_shape": model_frames(tiny_learner(1), sender="1", round=0, tensors=wrong_shape),
             "schema_dtype": model_frames(tiny_learner(1), sender="1", round=0, tensors=wrong_dtype),
             "non_finite": model_frames(tiny_learner(1), sender="1", round=0, tensors=nan_weights),
-            "too_large": [*good[:-1], good[-1] + b"\x00" * 5000],
+            # over the total in frames each under it: one frame over the bound never reaches
+            # the node (libzmq drops the connection, see test_preauth_memory.py)
+            "too_large": [*good[:-1], good[-1] + b"\x00" * 2500, b"\x00" * 2500],
             "future_round": with_header(good, round=5),  # beyond the node's last round
         }
         for frames in attacks.values():

@@ -11,6 +11,12 @@ high-water mark) and the FD's reader callback hands every queued message to the 
 directly, a bounded batch per turn of the loop so a flood cannot starve other tasks.
 With a hundred nodes in one loop, a task wake-up per message was a large share of a
 round's cost.
+
+Memory before authentication: libzmq buffers a frame as big as the peer declares, also
+during the handshake, before any key is checked. Every socket therefore has a
+``ZMQ_MAXMSGSIZE`` (the node sets the receive bound to its largest legitimate message)
+and a handshake deadline; a stranger costs at most one bound per connection for at most
+that long, and the connections libzmq drops for it are counted (:class:`ConnectionWatch`).
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from p2pfl.errors import TransportError
+from p2pfl.transport.monitor import ConnectionWatch, HandshakeWatch
 
 if TYPE_CHECKING:  # [security hook] type only: keeps importing the transport light
     from p2pfl.security import LinkSecurity
@@ -48,6 +55,23 @@ ZERO_COPY_BYTES = 64 * 1024
 RECEIVE_BATCH = 64
 RECEIVE_BATCH_SECONDS = 0.005
 
+#: Receive bound of a transport not told its model's (:meth:`ZmqTransport.limit_message_size`):
+#: the wire decoder's own default ``WireLimits.max_message_bytes``, which refuses anything
+#: bigger anyway, so no message it would accept is lost while the bound stays finite.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+#: A DEALER only sends: all it ever receives are ZMTP commands (Curve WELCOME/READY with a
+#: little metadata, heartbeats), a few hundred bytes; a peer impersonating a server gets
+#: no more than this buffered before its key is checked.
+DEALER_MAX_FRAME_BYTES = 64 * 1024
+
+#: What CurveZMQ adds to each frame on the wire, where libzmq checks ``ZMQ_MAXMSGSIZE``: the
+#: MESSAGE command's name (8 bytes), nonce (8), flags (1) and MAC (16).
+CURVE_FRAME_OVERHEAD = 33
+
+#: Why a rejected connection was dropped, as counted (the node's ``stats.rejected`` key).
+OVERSIZED = "oversized"
+
 
 @dataclass(frozen=True)
 class TransportOptions:
@@ -58,20 +82,26 @@ class TransportOptions:
             model older than a few rounds is useless to a neighbour anyway.
         recv_hwm: messages queued on the receive socket before senders are pushed back.
         linger_ms: how long close() may keep flushing; short, so stopping is prompt.
-        max_frame_bytes: ZeroMQ drops connections that send a bigger frame (tcp/ipc);
-            -1 = unlimited. The decoder checks message totals anyway.
+        max_frame_bytes: ZeroMQ drops connections that send a bigger frame (tcp/ipc), also
+            during the handshake, before any key is checked; a node lowers it to its own
+            largest message (:meth:`ZmqTransport.limit_message_size`). -1 = unlimited,
+            which lets any stranger make the node buffer whatever size it declares.
         reconnect_ivl_ms: first reconnect delay to an absent peer ...
         reconnect_ivl_max_ms: ... growing exponentially up to this.
         heartbeat_ivl_ms: ZMTP heartbeats detect a silently dead tcp peer.
+        handshake_ivl_ms: a connection that has not completed its handshake by then is
+            dropped (libzmq's default, 30 s, let a stranger hold memory that long). A
+            Curve handshake is two round trips and one ZAP check: milliseconds.
     """
 
     send_hwm: int = 4
     recv_hwm: int = 1000
     linger_ms: int = 200
-    max_frame_bytes: int = -1
+    max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 5000
     heartbeat_ivl_ms: int = 2000
+    handshake_ivl_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -113,12 +143,38 @@ class ZmqTransport:
         self._options = options
         self._router: zmq.Socket | None = None
         self._dealers: dict[str, zmq.Socket] = {}
-        self._handshakes: dict[str, _HandshakeWatch] = {}  # Curve links only
+        self._handshakes: dict[str, HandshakeWatch] = {}  # Curve links only
         self._handler: Callable[[Incoming], None] | None = None
         self.security = security  # [security hook] the node maps user ids through it
         self._authenticated = security is not None  # read the ZAP User-Id of each message
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_message_bytes = options.max_frame_bytes
+        self._watch: ConnectionWatch | None = None
+        self._on_rejection: Callable[[str, str], None] | None = None
+        #: incoming connections dropped before their handshake, by reason
+        self.rejected_connections: Counter[str] = Counter()
         self.endpoint: str | None = None
+
+    def limit_message_size(self, nbytes: int) -> None:
+        """Drop any incoming connection that sends a frame over ``nbytes``.
+
+        A node calls it with its largest legitimate message (schema plus header); the
+        bound then also holds during handshakes, for strangers. Call before :meth:`start`:
+        libzmq gives a bound socket's connections the options it had when it was bound.
+
+        Raises:
+            TransportError: ``nbytes`` is not positive, or the transport already started.
+        """
+        if nbytes <= 0:
+            raise TransportError(f"message size bound must be > 0 bytes, got {nbytes}")
+        if self._router is not None:
+            raise TransportError("limit_message_size() must be called before start()")
+        self._max_message_bytes = nbytes
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The receive socket's frame bound (``ZMQ_MAXMSGSIZE``; -1 = unlimited)."""
+        return self._max_message_bytes
 
     def start(self) -> str:
         """Bind the receive socket and return the real endpoint (port resolved).
@@ -132,8 +188,10 @@ class ZmqTransport:
         router = self._context.socket(zmq.ROUTER)
         self._apply_common(router)
         router.setsockopt(zmq.RCVHWM, self._options.recv_hwm)
-        if self._options.max_frame_bytes > 0:
-            router.setsockopt(zmq.MAXMSGSIZE, self._options.max_frame_bytes)
+        wire_bound = self._max_message_bytes
+        if wire_bound > 0 and self.security is not None:
+            wire_bound += CURVE_FRAME_OVERHEAD  # [security hook] the bound is on the plaintext
+        router.setsockopt(zmq.MAXMSGSIZE, wire_bound)
         if self.security is not None:  # [security hook] must precede bind
             try:
                 self.security.configure_server(router)
@@ -148,16 +206,26 @@ class ZmqTransport:
         self._router = router
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._loop = asyncio.get_running_loop()
+        if not self._bind.startswith("inproc://"):  # inproc has no wire: nothing to bound
+            self._watch = ConnectionWatch(
+                router, self._loop, self._connection_dropped, self._options.handshake_ivl_ms / 1000
+            )
         return self.endpoint
 
-    def listen(self, handler: Callable[[Incoming], None]) -> None:
+    def listen(
+        self, handler: Callable[[Incoming], None], on_rejection: Callable[[str, str], None] | None = None
+    ) -> None:
         """Call ``handler`` on the event loop for every message received from now on.
 
         ``handler`` must not raise (the node catches everything a peer can cause).
+        ``on_rejection(reason, detail)`` is told of every incoming connection dropped
+        before its handshake completed for a reason the node counts (``"oversized"``);
+        without it the transport logs them itself, sparsely.
         """
         if self._router is None or self._loop is None:
             raise TransportError("transport not started: call start() first")
         self._handler = handler
+        self._on_rejection = on_rejection
         self._loop.add_reader(self._fd(), self._drain)
         self._loop.call_soon(self._drain)  # messages that were queued before we listened
 
@@ -192,6 +260,7 @@ class ZmqTransport:
         dealer = self._context.socket(zmq.DEALER)
         self._apply_common(dealer)
         dealer.setsockopt(zmq.SNDHWM, self._options.send_hwm)
+        dealer.setsockopt(zmq.MAXMSGSIZE, DEALER_MAX_FRAME_BYTES)
         if self.security is not None:  # [security hook] must precede connect
             try:
                 self.security.configure_client(dealer, peer)
@@ -199,7 +268,7 @@ class ZmqTransport:
                 dealer.close(linger=0)
                 raise
         if self.security is not None and self._loop is not None:
-            self._handshakes[peer] = _HandshakeWatch(dealer, peer, endpoint, self._loop)
+            self._handshakes[peer] = HandshakeWatch(dealer, peer, endpoint, self._loop)
         try:
             dealer.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -272,8 +341,24 @@ class ZmqTransport:
             if self._handler is not None and self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._fd())
             self._handler = None
+            if self._watch is not None:
+                self._watch.close(self._router)
+                self._watch = None
             self._router.close(linger=0)
             self._router = None
+
+    def _connection_dropped(self) -> None:
+        self.rejected_connections[OVERSIZED] += 1
+        detail = (
+            f"libzmq closed a connection before its handshake completed: it declared a frame over "
+            f"{self._max_message_bytes} bytes (ZMQ_MAXMSGSIZE) or broke the ZMTP framing"
+        )
+        if self._on_rejection is not None:
+            self._on_rejection(OVERSIZED, detail)
+            return
+        count = self.rejected_connections[OVERSIZED]
+        if count <= 5 or count % 1000 == 0:  # a stranger must not flood the log
+            log.warning("%s: %s (#%d)", self.endpoint, detail, count)
 
     def _apply_common(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, self._options.linger_ms)
@@ -281,50 +366,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.HEARTBEAT_IVL, self._options.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._options.heartbeat_ivl_ms * 3)
-
-
-class _HandshakeWatch:
-    """Logs a failed CurveZMQ handshake on an outgoing link, once until one succeeds.
-
-    ZeroMQ retries such a link silently forever, so a peer listed with the wrong public
-    key (or not allow-listing ours) would otherwise look merely absent.
-    """
-
-    _WATCHED = (
-        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    )
-
-    def __init__(self, dealer: zmq.Socket, peer: str, endpoint: str, loop: asyncio.AbstractEventLoop) -> None:
-        self._peer, self._endpoint, self._loop = peer, endpoint, loop
-        self._monitor = dealer.get_monitor_socket(self._WATCHED)
-        self._fd = int(self._monitor.getsockopt(zmq.FD))
-        self._failing = False
-        loop.add_reader(self._fd, self._drain)
-        loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        if self._monitor.closed:
-            return
-        while int(self._monitor.get(_EVENTS)) & _POLLIN:  # also re-arms the edge-triggered FD
-            event = recv_monitor_message(self._monitor, _NOBLOCK)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._failing:
-                    log.info("CurveZMQ handshake with %s at %s succeeds again", self._peer, self._endpoint)
-                self._failing = False
-            elif not self._failing:
-                self._failing = True
-                log.warning(
-                    "CurveZMQ handshake with %s at %s failed: the public key listed for %s is not the "
-                    "key its node uses, or it does not list ours; compare the fingerprints "
-                    "'p2pfl consortium check' prints on both sides", self._peer, self._endpoint, self._peer,
-                )
-
-    def close(self, dealer: zmq.Socket) -> None:
-        if not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        dealer.disable_monitor()
-        self._monitor.close(linger=0)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, self._options.handshake_ivl_ms)
 
 
 def _wildcard_port(endpoint: str) -> str:
