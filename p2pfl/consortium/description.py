@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from p2pfl.consortium._parse import build, message, read_toml, table
+from p2pfl.deploy.consortium_file import CONSORTIUM_NAME, MEMBER_NAME
 from p2pfl.errors import ConfigError
 
 __all__ = [
@@ -31,8 +32,6 @@ __all__ = [
     "secure_neighbourhood_errors",
 ]
 
-CONSORTIUM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LEARNER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 #: Names a member cannot take: its bundle directory would collide with these files in OUT.
 RESERVED_NAMES = frozenset({"consortium.toml", "topology.graphml"})

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from p2pfl.consortium._parse import read_toml
-from p2pfl.consortium._toml import dumps
+from p2pfl._toml import dumps, read_toml
 from p2pfl.consortium.bundle import init_consortium
 from p2pfl.consortium.description import load_description
 from p2pfl.node.records import summary_json
