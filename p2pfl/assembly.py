@@ -1,9 +1,11 @@
-"""Putting a node together: its config, link security, secure aggregation and aggregator.
+"""Putting nodes together: learners, config, link security, secure aggregation, aggregator.
 
 The simulation and a deployed node process (``p2pfl node``) both build their nodes
 here, so a simulated node is assembled exactly like a deployed one. They differ only in
 where keys come from: fresh ones for every simulated node (everyone allow-listed), or a
-member's key file and the consortium's allow-list for a deployed node.
+member's key file and the consortium's allow-list for a deployed node. The bundled
+example learner is built here too, so a rehearsal's member ``i`` learns exactly like
+the simulation's node ``i``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import zmq
 
 from p2pfl.attacks import attacker_aggregator
+from p2pfl.data import Dataset
 from p2pfl.errors import ConfigError
-from p2pfl.learning.learner import Learner
+from p2pfl.learning.build import LearnerSettings
+from p2pfl.learning.build import build_learners as build_learners_from
+from p2pfl.learning.learner import Learner, TorchLearner
 from p2pfl.node.node import Node, NodeConfig
+from p2pfl.privacy.factory import privatize
 from p2pfl.privacy.secagg import SecAggKeys, SecureAggregation, generate_keys
 from p2pfl.security import AllowList, CurveSecurity, KeyPair, curve_authenticator, generate_keypair
 from p2pfl.topology.schedule import GossipSchedule
@@ -29,6 +36,8 @@ from p2pfl.transport import ZmqTransport
 __all__ = [
     "Links",
     "NodeSettings",
+    "LearnerRecipe",
+    "build_learners",
     "build_node",
     "member_links",
     "member_secure_aggregation",
@@ -39,6 +48,38 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class LearnerRecipe(LearnerSettings, Protocol):
+    """Learning settings plus the optional differential privacy wrapped around each learner."""
+
+    @property
+    def dp(self) -> str: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def clip(self) -> float: ...
+    @property
+    def noise(self) -> float: ...
+    @property
+    def target_epsilon(self) -> float: ...
+    @property
+    def delta(self) -> float: ...
+
+
+def build_learners(recipe: LearnerRecipe, dataset: Dataset, parts: list[np.ndarray]) -> list[Learner]:
+    """One learner per partition (see :func:`p2pfl.learning.build.build_learners`), each
+    made differentially private when ``recipe.dp`` asks for it (needs Opacus)."""
+    if not recipe.dp:
+        return build_learners_from(recipe, dataset, parts)
+
+    def private(learner: TorchLearner, stream: int) -> Learner:
+        return privatize(
+            learner, recipe.dp, seed=stream, rounds=recipe.rounds, clip=recipe.clip,
+            noise=recipe.noise, target_epsilon=recipe.target_epsilon, delta=recipe.delta,
+        )
+
+    return build_learners_from(recipe, dataset, parts, wrap=private)
 
 
 class NodeSettings(Protocol):
