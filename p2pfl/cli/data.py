@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from p2pfl.errors import ConfigError
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("data", help="show per-node label counts of a partition")
@@ -17,8 +19,12 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pfl.data import format_label_counts, label_counts, load_dataset, partition
-    from p2pfl.errors import ConfigError
+    from p2pfl.data import (  # numpy, sklearn: only here
+        format_label_counts,
+        label_counts,
+        load_dataset,
+        partition,
+    )
 
     if args.nodes < 1:  # as `p2pfl simulate` says it, before loading any data
         raise ConfigError("nodes", f"must be >= 1, got {args.nodes}")

@@ -7,12 +7,10 @@ import asyncio
 import sys
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
+from p2pfl.discovery import MemberStatus, watch_consortium  # aiomqtt loads only once it connects
 from p2pfl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from p2pfl.discovery import MemberStatus
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 ONCE_SECONDS = 2.0
@@ -44,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _watch(broker: str, consortium: str, seconds: float | None, once: bool, out: TextIO) -> int:
-    from p2pfl.discovery import watch_consortium
-
     live = out.isatty() and not once
     latest: dict[str, MemberStatus] = {}
     loop = asyncio.get_running_loop()
