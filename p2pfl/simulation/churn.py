@@ -89,6 +89,8 @@ class Churn:
     def start(self, group: asyncio.TaskGroup, nodes: Sequence[Node], spawn: Spawn) -> None:
         """Run ``nodes`` (the ones there from the start) and the joiners in ``group``;
         ``spawn`` starts a node that comes back or joins."""
+        for name in self.joins:
+            self._recorder.node_down(name)  # until it joins: rounds close without it
         for node in nodes:
             self.incarnations[node.name].append(node)
             group.create_task(self._lifecycle(node, spawn), name=f"run-{node.name}")

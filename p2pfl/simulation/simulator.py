@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,22 +108,16 @@ async def _simulate(
                 nodes = [make_node(name, endpoint_for(i)) for i, name in enumerate(names) if name not in churn.joins]
                 for node in nodes:
                     await stack.enter_async_context(node)
-                endpoints: dict[str, str] = {node.name: node.endpoint for node in nodes}  # type: ignore[misc]
-                for i, name in enumerate(names):
-                    if name in churn.joins:  # where it will listen (links open before it binds)
-                        endpoints[name] = _concrete(endpoint_for(i))
-                        recorder.node_down(name)
+                # where each joiner will listen: its neighbours' links open before it binds
+                endpoints = {name: _concrete(endpoint_for(i)) for i, name in enumerate(names) if name in churn.joins}
+                endpoints.update({node.name: node.endpoint for node in nodes})  # type: ignore[misc]  # all bound
                 for node in nodes:
-                    for peer in experiment.schedule.peers(node.name):
-                        node.add_peer(peer, endpoints[peer])
-                        if peer in churn.joins:
-                            node.peers.suspect(peer)  # not there yet: not waited for until heard from
+                    make_node.link(node, endpoints, absent=churn.joins)
 
                 async def spawn(name: str, start_round: int) -> Node:
                     node = make_node(name, endpoints[name], start_round)
                     await stack.enter_async_context(node)
-                    for peer in experiment.schedule.peers(name):
-                        node.add_peer(peer, endpoints[peer])
+                    make_node.link(node, endpoints)
                     return node
 
                 # pinned only now: ZeroMQ's I/O thread, started with the first socket,
@@ -170,6 +164,14 @@ class _NodeFactory:
             secure=self.secure_for(name) if self.secure_for is not None else None,
             executor=self._executor_for(name), observer=self.recorder,
         )
+
+    def link(self, node: Node, endpoints: Mapping[str, str], absent: Collection[str] = ()) -> None:
+        """Tell ``node`` where its neighbours listen; ``absent`` ones are not waited for
+        until heard from."""
+        for peer in self.experiment.schedule.peers(node.name):
+            node.add_peer(peer, endpoints[peer])
+            if peer in absent:
+                node.peers.suspect(peer)
 
     def _executor_for(self, name: str) -> Any:
         factor = self.config.slowdown if name in self.experiment.slow else 1.0
