@@ -1,6 +1,6 @@
 """Imports flow one way: every module of ``p2pfl`` imports only from its own layer and below.
 
-The table below is the architecture (see the README): a module may import from its own
+The table below is the architecture: a module may import from its own
 layer and the layers under it, never from one above. Every import counts: module-level,
 inside functions, under ``if TYPE_CHECKING:``, ``import p2pfl.x``, ``from p2pfl.x import y``,
 relative imports and ``importlib.import_module("p2pfl.x")`` with a literal name. A
@@ -144,7 +144,9 @@ def violations(package_dir: Path, pending: tuple[tuple[str, str, str], ...] = PE
         if here is None:
             found.append(f"{module} is in no layer: add it to LAYERS")
             continue
-        for edge in imports_of(module, path.read_text(), is_package=path.name == "__init__.py", known=known):
+        # one report per import line and target (``from x import a, b`` is one edge)
+        edges = dict.fromkeys(imports_of(module, path.read_text(), is_package=path.name == "__init__.py", known=known))
+        for edge in edges:
             there = placement(edge.imported)
             if there is None:
                 found.append(f"{edge}, which is in no layer")
@@ -190,6 +192,7 @@ FORBIDDEN_FORMS = {
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p2pfl.simulation.config import ExperimentConfig\n"
     ),
     "relative": "from .simulation import simulator\n",
+    "several names": "from p2pfl.simulation.churn import Churn, Outage\n",
     "importlib": "import importlib\nimportlib.import_module('p2pfl.simulation.simulator')\n",
 }
 
