@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from p2pfl.errors import ConfigError
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("consortium", help="create and check the bundles of a consortium")
@@ -39,6 +41,7 @@ def register(commands: Any) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    # The consortium tools load zmq and networkx: only for this command, not at every CLI start.
     from p2pfl.consortium import init_consortium, load_consortium
     from p2pfl.consortium.bundle import CONSORTIUM_FILE
 
@@ -82,8 +85,6 @@ def run_rehearse(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from p2pfl.errors import ConfigError
-
     path = Path(args.path)
     if path.is_dir():
         return _check_directory(path)
@@ -93,6 +94,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _check_directory(path: Path) -> int:
+    # lazy, as in run_init: zmq and networkx only when a consortium command runs
     from p2pfl.consortium import check_bundles, load_consortium
     from p2pfl.consortium.bundle import CONSORTIUM_FILE
 
@@ -109,6 +111,7 @@ def _check_directory(path: Path) -> int:
 
 
 def _check_description(path: Path) -> int:
+    # lazy, as in run_init: zmq and networkx only when a consortium command runs
     from p2pfl.consortium import build_description_topology, load_description
 
     description = load_description(path)

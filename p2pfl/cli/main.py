@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from p2pfl import __version__
+from p2pfl.cli import consortium, data, node, report, simulate, topology, watch
 from p2pfl.errors import (
     ConfigError,
     DataError,
@@ -28,9 +30,6 @@ EXIT_CODES: dict[type[P2PFLError], int] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from p2pfl import __version__
-    from p2pfl.cli import consortium, data, node, report, simulate, topology, watch
-
     parser = argparse.ArgumentParser(
         prog="p2pfl", description="Serverless federated learning over ZeroMQ."
     )

@@ -31,7 +31,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pfl.deploy.config import load_node_config
+    from p2pfl.deploy.config import load_node_config  # numpy: only for this command, not at CLI start
 
     overrides: dict[str, Any] = {}
     if args.insecure:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config: Any, base: Any) -> int:
-    from p2pfl.deploy.runner import run_org_node
+    from p2pfl.deploy.runner import run_org_node  # torch and zmq: only once node.toml is valid
 
     task = asyncio.create_task(run_org_node(config, base))
     loop = asyncio.get_running_loop()

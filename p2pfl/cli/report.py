@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from p2pfl.report import write_report  # loads matplotlib only when it draws
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("report", help="plot a run's metrics (accuracy, consensus, bytes)")
@@ -15,8 +17,6 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pfl.report import write_report
-
     written = write_report(Path(args.directory), Path(args.to) if args.to else None)
     for path in written:
         print(path)

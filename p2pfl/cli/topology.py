@@ -38,13 +38,13 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> Any:
-    from p2pfl.topology import build_topology
+    from p2pfl.topology import build_topology  # networkx and numpy: only for this command
 
     return build_topology(args.spec, args.nodes, seed=args.seed, mixing=args.mixing)
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from p2pfl.topology import describe, draw_topology, format_description
+    from p2pfl.topology import describe, draw_topology, format_description  # as in _build
 
     if args.png:
         _check_image_suffix(args.png)  # before any output
@@ -87,7 +87,7 @@ def _check_image_suffix(path: str) -> None:
 
 
 def run_save(args: argparse.Namespace) -> int:
-    from p2pfl.topology import write_topology_file
+    from p2pfl.topology import write_topology_file  # as in _build
 
     topology = _build(args)
     with _writing("file", args.file):

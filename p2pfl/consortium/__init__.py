@@ -19,7 +19,7 @@ from p2pfl.consortium.description import (
     load_description,
     parse_description,
 )
-from p2pfl.consortium.public import (
+from p2pfl.deploy.consortium_file import (
     Consortium,
     Member,
     allow_list_loader,

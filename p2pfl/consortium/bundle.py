@@ -29,16 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from p2pfl.consortium._parse import write_atomically
-from p2pfl.consortium._toml import dumps
+from p2pfl._files import write_atomically
+from p2pfl._toml import dumps
 from p2pfl.consortium.description import (
     Description,
     TrainingSettings,
     build_description_topology,
     load_description,
 )
-from p2pfl.consortium.public import Consortium, Member, write_consortium
+from p2pfl.deploy.consortium_file import Consortium, Member, write_consortium
 from p2pfl.errors import ConfigError
+from p2pfl.security.keys import (
+    KeyPair,
+    fingerprint,
+    generate_keypair,
+    read_public_key,
+    read_secret_key,
+    write_keypair,
+)
+from p2pfl.topology import write_topology_file
 
 __all__ = [
     "CONSORTIUM_FILE",
@@ -131,9 +140,6 @@ def init_consortium(
             kept secret key that cannot be used (e.g. readable by others).
         TopologyError: the topology cannot be built (e.g. disconnected).
     """
-    from p2pfl.security.keys import KeyPair, fingerprint, generate_keypair, write_keypair
-    from p2pfl.topology import write_topology_file
-
     description = load_description(description_path)
     topology = build_description_topology(description)
     out = Path(out_dir)
@@ -172,7 +178,7 @@ def init_consortium(
             shutil.copyfile(staging / CONSORTIUM_FILE, bundle / CONSORTIUM_FILE)
             shutil.copyfile(staging / TOPOLOGY_FILE, bundle / TOPOLOGY_FILE)
             write_keypair(bundle / KEYS_DIR, spec.name, pairs[spec.name])
-            write_atomically(bundle / NODE_FILE, dumps(node_document(description, index)), 0o644)
+            write_atomically(bundle / NODE_FILE, dumps(node_document(description, index)), mode=0o644)
             # Exists up front so a read-only bundle mount can take a state volume on top.
             (bundle / STATE_DIR).mkdir(mode=0o700)
         _check_targets(out, description)
@@ -213,10 +219,8 @@ def _check_out_dir(out: Path, *, force: bool, keep_keys: bool) -> None:
         )
 
 
-def _existing_keypair(out: Path, name: str) -> Any:
+def _existing_keypair(out: Path, name: str) -> KeyPair | None:
     """The key pair in ``out/<name>/keys``, or None if that bundle has no secret key."""
-    from p2pfl.security.keys import read_public_key, read_secret_key
-
     secret = out / name / KEYS_DIR / f"{name}.key_secret"
     if not secret.exists():
         log.info("%s: no key pair in %s, generating one", name, secret.parent)

@@ -10,11 +10,16 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from p2pfl.consortium._parse import read_toml
+import zmq
+import zmq.auth
+
+from p2pfl._toml import read_toml
 from p2pfl.consortium.bundle import CONSORTIUM_FILE, KEYS_DIR, NODE_FILE, NODE_KEYS
-from p2pfl.consortium.public import Consortium, Member, load_consortium, load_consortium_topology
+from p2pfl.deploy.config import load_node_config
+from p2pfl.deploy.consortium_file import Consortium, Member, load_consortium, load_consortium_topology
 from p2pfl.errors import P2PFLError
 from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
+from p2pfl.security.keys import fingerprint, read_public_key
 
 __all__ = ["check_bundles"]
 
@@ -140,10 +145,6 @@ def _check_bundle(
 def _check_node_loads(node_file: Path) -> list[str]:
     """Whether the node would accept this node.toml (its own reader, its own checks)."""
     try:
-        from p2pfl.deploy.config import load_node_config
-    except ImportError:  # the node runtime is optional for checking bundles
-        return []
-    try:
         load_node_config(node_file)
     except P2PFLError as exc:
         return [f"{node_file}: {exc}"]
@@ -151,11 +152,6 @@ def _check_node_loads(node_file: Path) -> list[str]:
 
 
 def _check_keys(member: Member, secret: Path, public: Path) -> list[str]:
-    import zmq
-    import zmq.auth
-
-    from p2pfl.security.keys import fingerprint, read_public_key
-
     problems: list[str] = []
     if not secret.is_file():
         return [f"secret key {secret} is missing"]
@@ -189,8 +185,6 @@ def _check_keys(member: Member, secret: Path, public: Path) -> list[str]:
 
 
 def _fingerprint(key: str) -> str:
-    from p2pfl.security.keys import fingerprint
-
     try:
         return fingerprint(key)
     except P2PFLError:

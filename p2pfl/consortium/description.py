@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from p2pfl.consortium._parse import build, message, read_toml, table
+from p2pfl._toml import build, message, read_toml, table
+from p2pfl.deploy.consortium_file import CONSORTIUM_NAME, MEMBER_NAME
 from p2pfl.errors import ConfigError
 from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
 from p2pfl.settings import setting, validate
@@ -32,8 +33,6 @@ __all__ = [
     "parse_description",
 ]
 
-CONSORTIUM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Names a member cannot take: its bundle directory would collide with these files in OUT.
 RESERVED_NAMES = frozenset({"consortium.toml", "topology.graphml"})
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from p2pfl.consortium._parse import read_toml
-from p2pfl.consortium._toml import dumps
+from p2pfl._toml import dumps, read_toml
+from p2pfl.aggregation.consensus import model_distances
 from p2pfl.consortium.bundle import init_consortium
 from p2pfl.consortium.description import load_description
 from p2pfl.node.records import summary_json
@@ -122,9 +122,7 @@ def collect(bundles: Path, names: list[str], out: Path, wall: float) -> dict[str
 
 def _final_consensus(bundles: Path, names: list[str]) -> float | None:
     """Mean squared distance of the members' final models to their average."""
-    import torch
-
-    from p2pfl.simulation.recorder import model_distances
+    import torch  # only to read the members' models: the consortium tools load without torch
 
     models = []
     for name in names:

@@ -14,19 +14,13 @@ process, so a temporary file nobody holds locked is garbage, and
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; an open file cannot be deleted there anyway
-    fcntl = None  # type: ignore[assignment]
-
+from p2pfl._files import atomic_write, remove_if_unlocked, temp_prefix
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Learner
 
@@ -135,7 +129,7 @@ def save_final_model(directory: Path, learner: Learner) -> Path:
 
 def temp_file_prefixes() -> tuple[str, ...]:
     """Name prefixes of the temporary files :func:`atomic_torch_save` writes here."""
-    return tuple(f".{name}." for name in (CHECKPOINT_FILE, FINAL_MODEL_FILE))
+    return tuple(temp_prefix(Path(name)) for name in (CHECKPOINT_FILE, FINAL_MODEL_FILE))
 
 
 def remove_stale_temp_files(directory: Path) -> list[Path]:
@@ -151,42 +145,9 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     removed = []
     for prefix in temp_file_prefixes():
         for path in sorted(directory.glob(f"{prefix}*")):
-            if _remove_if_unlocked(path):
+            if remove_if_unlocked(path):
                 removed.append(path)
     return removed
-
-
-def _remove_if_unlocked(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # gone already, or not ours to read
-        return False
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a live writer holds it
-                return False
-        # unlinked while we hold the lock: a writer that locks it next sees it gone
-        path.unlink()
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _locked_temp_file(path: Path) -> tuple[int, str]:
-    """A new temporary file next to ``path``, locked for writing (where flock exists)."""
-    while True:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        if fcntl is None:
-            return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink:
-            return fd, tmp
-        # a cleaner took it for stale between its creation and our lock: take another
-        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -195,22 +156,5 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     The temporary file stays locked until it is renamed, so a concurrent
     :func:`remove_stale_temp_files` never deletes it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _locked_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-            if fcntl is not None:
-                os.replace(tmp, path)  # still locked: closing would release the lock first
-        if fcntl is None:
-            os.replace(tmp, path)  # Windows cannot rename a file that is open
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    with atomic_write(path, binary=True, lock=True) as handle:
+        torch.save(obj, handle)

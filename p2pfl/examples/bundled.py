@@ -1,8 +1,9 @@
 """``build_learner`` for consortium rehearsals on the bundled datasets.
 
 Member ``index`` of ``nodes`` gets exactly the learner the simulator gives node
-``index`` for the same settings (same split, partition, initial model and RNG streams),
-so a rehearsal's accuracy can be compared with a simulation's.
+``index`` for the same settings (same split, partition, initial model and RNG streams:
+both build it with :func:`p2pfl.assembly.build_learners`), so a rehearsal's accuracy
+can be compared with a simulation's.
 
 In node.toml::
 
@@ -14,15 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from p2pfl.assembly import build_learners
 from p2pfl.config import config_from_mapping
 from p2pfl.data import load_dataset, partition
 from p2pfl.errors import ConfigError
-from p2pfl.learning.learner import TorchLearner
-from p2pfl.simulation.config import ExperimentConfig
-from p2pfl.simulation.setup import build_learners
+from p2pfl.learning.learner import Learner
+from p2pfl.simulation.config import ExperimentConfig  # the settings' schema and defaults
 
 
-def build_learner(*, index: int, nodes: int, **settings: Any) -> TorchLearner:
+def build_learner(*, index: int, nodes: int, **settings: Any) -> Learner:
     """The simulator's learner ``index`` of ``nodes``.
 
     Args:

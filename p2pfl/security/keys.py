@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 from zmq.utils import z85
 
+from p2pfl._files import write_atomically
 from p2pfl.errors import ConfigError
 
 __all__ = [
@@ -130,8 +130,8 @@ def write_keypair(
         f'    secret-key = "{keypair.secret}"\n'
     )
     # Secret first: a crash in between leaves a usable secret and no stray public key.
-    _write_atomically(secret_path, secret_text, 0o600)
-    _write_atomically(public_path, public_text, 0o644)
+    write_atomically(secret_path, secret_text, mode=0o600)  # never readable by others, not even briefly
+    write_atomically(public_path, public_text, mode=0o644)
     return public_path, secret_path
 
 
@@ -200,24 +200,6 @@ def _read_fields(path: Path) -> dict[str, str]:
     if not fields and len(lines) == 1:
         fields[""] = lines[0]
     return fields
-
-
-def _write_atomically(path: Path, text: str, mode: int) -> None:
-    """Write via a temporary file created with ``mode`` (never wider) and renamed in."""
-    # mkstemp creates the file 0600 with O_EXCL, so secret bytes are never readable by
-    # others at any moment; the final mode is set before the rename makes it visible.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            if hasattr(os, "fchmod"):  # POSIX; elsewhere file modes do not apply
-                os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _describe(value: object) -> str:

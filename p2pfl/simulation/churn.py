@@ -10,14 +10,32 @@ how far ahead they are and catches up by taking their model, exactly as a restar
 A joining node is not there at the start (its neighbours do not wait for it) and
 starts afresh, from the initial model, once the others have finished round ``round``;
 it greets its neighbours and catches up to their round and model like a restarted one.
+
+:class:`Churn` runs all of this inside a simulation; the parsing and checks below it
+need no torch (configs are validated without it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from p2pfl.errors import ConfigError
+from p2pfl.node.peers import StartCondition
+
+if TYPE_CHECKING:  # torch stays unimported: the config validates churn items with this module
+    from p2pfl.node.node import Node
+    from p2pfl.simulation.config import ExperimentConfig
+    from p2pfl.simulation.recorder import MetricsRecorder
+
+log = logging.getLogger(__name__)
+
+#: Starts node ``name`` from round ``start_round`` on its endpoint, linked to its neighbours.
+Spawn = Callable[[str, int], Awaitable["Node"]]
 
 
 @dataclass(frozen=True)
@@ -27,6 +45,90 @@ class Outage:
     node: str
     fail_round: int
     recover_round: int | None = None  # rejoin once the others finished this round
+
+
+class Churn:
+    """Who of a simulation's nodes crashes, comes back or joins late, and every incarnation.
+
+    :meth:`start` gives each node a task in the caller's task group (the group owns
+    them): run to the end, or run until its crash, disappear, and come back as a new
+    Node once the others have finished its recovery round; each joiner gets a task that
+    waits for its round and then starts it afresh.
+    """
+
+    def __init__(
+        self, names: Sequence[str], outages: dict[str, Outage], joins: dict[str, int],
+        recorder: MetricsRecorder, round_timeout: float,
+    ) -> None:
+        self.outages = outages
+        self.joins = joins  # node -> the round after which it joins
+        self._recorder = recorder
+        self._round_timeout = round_timeout
+        # a recovered node is a new Node; a joiner has none until it joins
+        self.incarnations: dict[str, list[Node]] = {name: [] for name in names}
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig, names: Sequence[str], recorder: MetricsRecorder) -> Churn:
+        """The churn ``config`` asks for, checked against the nodes and rounds."""
+        outages = parse_outages(config.fail, config.recover)
+        check_outages(outages, names, config.rounds)
+        joins = parse_joins(config.join, outages)
+        check_joins(joins, names, config.rounds)
+        return cls(names, outages, joins, recorder, config.round_timeout)
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Every Node that ran, incarnations of a node together, in node order."""
+        return [node for lives in self.incarnations.values() for node in lives]
+
+    @property
+    def failed(self) -> list[str]:
+        """The nodes that crashed and never came back."""
+        return [name for name in self.incarnations if name in self.outages and self.outages[name].recover_round is None]
+
+    def start(self, group: asyncio.TaskGroup, nodes: Sequence[Node], spawn: Spawn) -> None:
+        """Run ``nodes`` (the ones there from the start) and the joiners in ``group``;
+        ``spawn`` starts a node that comes back or joins."""
+        for name in self.joins:
+            self._recorder.node_down(name)  # until it joins: rounds close without it
+        for node in nodes:
+            self.incarnations[node.name].append(node)
+            group.create_task(self._lifecycle(node, spawn), name=f"run-{node.name}")
+        for name, after_round in self.joins.items():
+            group.create_task(self._join(name, after_round, spawn), name=f"join-{name}")
+
+    async def _lifecycle(self, node: Node, spawn: Spawn) -> None:
+        outage = self.outages.get(node.name)
+        if outage is None:
+            await node.run()
+            return
+        await node.run(until_round=outage.fail_round)
+        await node.close(graceful=False)  # a crash: no goodbye
+        self._recorder.node_down(node.name)
+        log.info("node %s crashed after round %d", node.name, outage.fail_round)
+        if outage.recover_round is None:
+            return
+        await self._recorder.wait_for_round(outage.recover_round)
+        log.info("node %s restarts after round %d", node.name, outage.recover_round)
+        # back with the state it had (as restored from its checkpoint), same address
+        revived = await self._start_late(spawn, node.name, outage.fail_round + 1)
+        await revived.run()
+
+    async def _join(self, name: str, after_round: int, spawn: Spawn) -> None:
+        await self._recorder.wait_for_round(after_round)
+        log.info("node %s joins after round %d", name, after_round)
+        node = await self._start_late(spawn, name, 0)  # afresh: the initial model, round 0
+        await node.run()
+
+    async def _start_late(self, spawn: Spawn, name: str, start_round: int) -> Node:
+        """Start ``name`` (back from a crash, or joining) and greet its neighbours."""
+        node = await spawn(name, start_round)
+        self.incarnations[name].append(node)
+        self._recorder.node_up(name)
+        with contextlib.suppress(TimeoutError):  # all neighbours down: go alone
+            async with asyncio.timeout(self._round_timeout):
+                await node.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05)
+        return node
 
 
 def parse_outages(fail: Sequence[str], recover: Sequence[str]) -> dict[str, Outage]:

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from p2pfl.aggregation.consensus import model_distances
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Weights
 from p2pfl.node.records import RoundMetrics, json_line, metrics_row
@@ -28,19 +29,6 @@ class RoundSummary:
     max_accuracy: float
     consensus_distance: float  # mean squared distance of node models to their average
     bytes_sent: int
-
-
-def model_distances(models: Sequence[Weights]) -> np.ndarray:
-    """Each model's squared distance to the average model (the consensus distance).
-
-    Computed tensor by tensor: a few large numpy operations per tensor instead of a
-    flattened copy of every model."""
-    total = np.zeros(len(models))
-    for name in sorted(models[0]):
-        stacked = np.stack([model[name] for model in models]).reshape(len(models), -1)
-        centred = stacked - stacked.mean(axis=0, dtype=np.float64)
-        total += np.einsum("ij,ij->i", centred, centred)
-    return total
 
 
 def make_out_dir(out_dir: Path) -> None:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from p2pfl.aggregation.consensus import model_distances
 from p2pfl.learning.learner import Weights
-from p2pfl.simulation.recorder import RoundSummary, model_distances
+from p2pfl.simulation.recorder import RoundSummary
 from p2pfl.simulation.setup import Experiment, claimed_cpu, torch_threads
 from p2pfl.simulation.worker import pinned_thread
 from p2pfl.topology import mixing_matrix_for_round

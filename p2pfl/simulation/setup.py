@@ -7,31 +7,32 @@ all three start from bit-identical models, data and shuffling.
 from __future__ import annotations
 
 import contextlib
-import copy
-import importlib
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from p2pfl.assembly import build_learners
 from p2pfl.attacks import AttackingLearner
 from p2pfl.data import Dataset, load_dataset, partition
-from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.learning.learner import ArrayBatches, TorchLearner
-from p2pfl.learning.models import build_model
+from p2pfl.errors import ConfigError
+from p2pfl.learning.build import check_model_fits, make_model, node_seed
+from p2pfl.learning.learner import Learner
 from p2pfl.privacy.neighbourhood import secure_neighbourhood_errors
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.worker import claimed_core, current_cpu
 from p2pfl.topology import RandomPeerSchedule, StaticSchedule, Topology, build_topology
 from p2pfl.topology.schedule import GossipSchedule
 
+__all__ = [  # the learner builders are re-exported: scripts and tests import them from here
+    "DEFAULT_NODES", "Experiment", "build_experiment", "build_learners", "check_model_fits",
+    "check_secure_neighbourhoods", "claimed_cpu", "make_model", "node_seed", "pick_attackers",
+    "pick_slow_nodes", "torch_threads",
+]
+
 DEFAULT_NODES = 16
-_EVAL_BATCH = 1024
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Experiment:
     schedule: GossipSchedule
     dataset: Dataset
     parts: list[np.ndarray]
-    learners: list[TorchLearner | AttackingLearner]
+    learners: list[Learner]  # TorchLearners, their DP versions, AttackingLearners
     attackers: list[str] = field(default_factory=list)  # names of the attacking nodes
     slow: list[str] = field(default_factory=list)  # names of the slowed-down nodes
 
@@ -69,7 +70,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         image=config.model == "cnn",
     )
     parts = partition(dataset.y_train, topology.n, config.partition, seed=config.seed)
-    learners: list[TorchLearner | AttackingLearner] = list(build_learners(config, dataset, parts))
+    learners = build_learners(config, dataset, parts)
     attackers = pick_attackers(config, topology.n)
     for i in attackers:
         learners[i] = AttackingLearner(
@@ -105,138 +106,6 @@ def pick_slow_nodes(config: ExperimentConfig, n: int) -> list[int]:
         return []
     rng = np.random.default_rng([config.seed, 1])  # a stream apart from the attackers'
     return sorted(int(i) for i in rng.choice(n, config.slow_nodes, replace=False))
-
-
-def build_learners(
-    config: ExperimentConfig, dataset: Dataset, parts: list[np.ndarray]
-) -> list[TorchLearner]:
-    """One learner per partition, all starting from the same initial model."""
-    torch.manual_seed(config.seed)
-    initial = make_model(config.model, dataset.input_shape, dataset.num_classes)
-    check_model_fits(config.model, initial, dataset, parts[0][: config.batch_size], config.device)
-    x_test = torch.from_numpy(dataset.x_test)
-    y_test = torch.from_numpy(dataset.y_test)
-    test_batches = ArrayBatches(x_test, y_test, _EVAL_BATCH, shuffle=False)
-    learners = []
-    for i, idx in enumerate(parts):
-        model = copy.deepcopy(initial)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
-        stream = node_seed(config.seed, i)
-        train = ArrayBatches(
-            torch.from_numpy(dataset.x_train[idx]), torch.from_numpy(dataset.y_train[idx]),
-            config.batch_size, seed=stream,
-        )
-        learner = TorchLearner(
-            model, optimizer, train, test_batches,
-            local_epochs=config.local_epochs, local_steps=config.local_steps or None,
-            device=config.device, seed=stream,
-        )
-        if config.dp:  # differential privacy wraps the plain learner (needs Opacus)
-            from p2pfl.privacy.factory import privatize
-
-            learner = privatize(  # type: ignore[assignment]
-                learner, config.dp, seed=stream, rounds=config.rounds, clip=config.clip,
-                noise=config.noise, target_epsilon=config.target_epsilon, delta=config.delta,
-            )
-        learners.append(learner)
-    return learners
-
-
-def make_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A built-in model by name, or ``module:function`` returning the user's ``nn.Module``.
-
-    The module is looked up in the current folder too, as ``python -m`` would.
-    """
-    if ":" not in spec:
-        if spec.strip().lower() == "cnn" and len(input_shape) != 3:  # a CLI user cannot reshape the data
-            raise ConfigError(
-                "model", f"the cnn model needs an image dataset such as digits (samples of shape (1, 8, 8)), "
-                f"but this dataset's samples have shape {input_shape}; use the mlp or logreg model"
-            )
-        return build_model(spec, input_shape, num_classes)
-    module_name, _, function_name = spec.partition(":")
-    try:
-        with _cwd_importable():
-            factory = getattr(importlib.import_module(module_name), function_name)
-    except Exception as exc:  # missing, or broken at import: either way the spec is at fault
-        raise ConfigError(
-            "model", f"cannot load {spec!r} ({type(exc).__name__}: {exc}); give module:function "
-            "importable from the current folder or an installed package"
-        ) from None
-    try:
-        with _cwd_importable():  # a builder may import its helpers lazily
-            model = factory(input_shape, num_classes)
-    except P2PFLError:
-        raise
-    except Exception as exc:
-        raise ConfigError(
-            "model", f"{spec}({input_shape}, {num_classes}) raised {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError("model", f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
-    return model
-
-
-@contextlib.contextmanager
-def _cwd_importable() -> Iterator[None]:
-    """Put the current folder first on ``sys.path`` for the block, unless it is there.
-
-    The ``p2pfl`` console script, unlike ``python -m``, does not, so a user's model
-    package next to the experiment would not be found. Removed afterwards: imports made
-    later must not pick up whatever the current folder holds.
-    """
-    cwd = os.getcwd()
-    if "" in sys.path or cwd in sys.path:
-        yield
-        return
-    sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(cwd)
-
-
-def check_model_fits(
-    spec: str, model: nn.Module, dataset: Dataset, sample: np.ndarray, device: str
-) -> None:
-    """One forward pass and loss on a training batch, so a model that does not fit the
-    data fails here in one line rather than inside every node.
-
-    Runs on a copy with torch's RNG restored afterwards: dropout or batch-norm
-    statistics in the probe must not change the run's numbers.
-
-    Raises:
-        ConfigError: (field ``model``) with what the model must accept and return.
-    """
-    shape, classes = dataset.input_shape, dataset.num_classes
-    flat = " (flat features: reshape inside the model if it expects images)" if len(shape) == 1 else ""
-    expected = (
-        f"the model must take float32 inputs of shape (batch, {', '.join(map(str, shape))}){flat} "
-        f"and return (batch, {classes}) class scores"
-    )
-    place = torch.device(device)
-    probe = copy.deepcopy(model).to(place)
-    x = torch.from_numpy(dataset.x_train[sample]).to(place)
-    y = torch.from_numpy(dataset.y_train[sample]).to(place)
-    gpus = [place] if place.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=gpus), torch.no_grad():
-            scores = probe(x)
-            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (len(x), classes):
-                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                raise ValueError(f"it returned {got} for a batch of {len(x)}")
-            nn.functional.cross_entropy(scores, y)
-    except Exception as exc:
-        raise ConfigError("model", f"{spec} does not fit {dataset.name} ({type(exc).__name__}: {exc}); {expected}") from None
-
-
-def node_seed(seed: int, index: int) -> int:
-    """Independent, reproducible per-node stream seed."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _node_count(config: ExperimentConfig) -> int | None:

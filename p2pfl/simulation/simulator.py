@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,13 @@ from typing import Any
 import zmq
 
 from p2pfl.aggregation import build_aggregator
-from p2pfl.attacks import attacker_aggregator
+from p2pfl.assembly import build_node, plain_links, simulated_links, simulated_secure_aggregation
 from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
-from p2pfl.node.node import Node, NodeConfig
-from p2pfl.node.peers import StartCondition
+from p2pfl.node.node import Node
 from p2pfl.node.records import summary_json
 from p2pfl.privacy.accounting import privacy_summary
-from p2pfl.simulation.churn import check_joins, check_outages, parse_joins, parse_outages
+from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
@@ -92,8 +91,9 @@ async def _simulate(
     experiment: Experiment | None,
 ) -> SimulationResult:
     experiment = experiment or build_experiment(config)
+    names = experiment.names
     out_dir = Path(config.out) if config.out else None
-    recorder = MetricsRecorder(experiment.names, out_dir, progress)
+    recorder = MetricsRecorder(names, out_dir, progress)
     started = time.perf_counter()
     context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
@@ -101,120 +101,84 @@ async def _simulate(
     executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
-            security_for, authenticator = _link_security(config.curve, experiment.names, context)
-            secure_for = _secure_aggregation(config.secure_aggregation, experiment.names)
-            aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
-            outages = parse_outages(config.fail, config.recover)
-            check_outages(outages, experiment.names, config.rounds)
-            joins = parse_joins(config.join, outages)
-            check_joins(joins, experiment.names, config.rounds)
-            loop = asyncio.get_running_loop()
-
-            def executor_for(name: str) -> Any:
-                factor = config.slowdown if name in experiment.slow else 1.0
-                if factor == 1.0 and not config.step_seconds:
-                    return executor
-                return PacedExecutor(executor, loop, factor=factor, step_seconds=config.step_seconds)
-
-            def make_node(name: str, learner: Any, endpoint: str, start_round: int = 0) -> Node:
-                return Node(
-                    NodeConfig(
-                        name=name, rounds=config.rounds, round_timeout=config.round_timeout,
-                        start_round=start_round, mode=config.mode, staleness=config.staleness,
-                        staleness_grace=config.staleness_grace,
-                    ),
-                    learner,
-                    experiment.schedule,
-                    ZmqTransport(context, endpoint, security=security_for(name)),
-                    executor=executor_for(name),
-                    observer=recorder,
-                    aggregator=attacker_aggregator(aggregator, learner),
-                    secure=secure_for(name),
-                )
-
-            learner_of = dict(zip(experiment.names, experiment.learners, strict=True))
-            nodes = [
-                make_node(name, learner_of[name], endpoint_for(i))
-                for i, name in enumerate(experiment.names) if name not in joins
-            ]
-            # a recovered node is a new Node; a joiner has none until it joins
-            incarnations: dict[str, list[Node]] = {name: [] for name in experiment.names}
-            for node in nodes:
-                incarnations[node.name].append(node)
+            make_node = _NodeFactory(config, experiment, context, executor, recorder)
+            churn = Churn.from_config(config, names, recorder)
             async with contextlib.AsyncExitStack() as stack:
-                if authenticator is not None:
-                    await stack.enter_async_context(authenticator)
+                await stack.enter_async_context(make_node.links.authenticator)
+                nodes = [make_node(name, endpoint_for(i)) for i, name in enumerate(names) if name not in churn.joins]
                 for node in nodes:
                     await stack.enter_async_context(node)
-                endpoints: dict[str, str] = {node.name: node.endpoint for node in nodes}  # type: ignore[misc]
-                for i, name in enumerate(experiment.names):
-                    if name in joins:  # where it will listen (links open before it binds)
-                        endpoints[name] = _concrete(endpoint_for(i))
-                        recorder.node_down(name)
+                # where each joiner will listen: its neighbours' links open before it binds
+                endpoints = {name: _concrete(endpoint_for(i)) for i, name in enumerate(names) if name in churn.joins}
+                endpoints.update({node.name: node.endpoint for node in nodes})  # type: ignore[misc]  # all bound
                 for node in nodes:
-                    for peer in experiment.schedule.peers(node.name):
-                        node.add_peer(peer, endpoints[peer])
-                        if peer in joins:
-                            node.peers.suspect(peer)  # not there yet: not waited for until heard from
+                    make_node.link(node, endpoints, absent=churn.joins)
 
-                async def start_late(name: str, start_round: int) -> Node:
-                    """Start ``name`` (back from a crash, or joining) and greet its neighbours."""
-                    node = make_node(name, learner_of[name], endpoints[name], start_round)
+                async def spawn(name: str, start_round: int) -> Node:
+                    node = make_node(name, endpoints[name], start_round)
                     await stack.enter_async_context(node)
-                    for peer in experiment.schedule.peers(name):
-                        node.add_peer(peer, endpoints[peer])
-                    incarnations[name].append(node)
-                    recorder.node_up(name)
-                    with contextlib.suppress(TimeoutError):  # all neighbours down: go alone
-                        async with asyncio.timeout(config.round_timeout):
-                            await node.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05)
+                    make_node.link(node, endpoints)
                     return node
-
-                async def join(name: str, after_round: int) -> None:
-                    await recorder.wait_for_round(after_round)
-                    log.info("node %s joins after round %d", name, after_round)
-                    node = await start_late(name, 0)  # afresh: the initial model, round 0
-                    await node.run()
-
-                async def lifecycle(node: Node) -> None:
-                    outage = outages.get(node.name)
-                    if outage is None:
-                        await node.run()
-                        return
-                    await node.run(until_round=outage.fail_round)
-                    await node.close(graceful=False)  # a crash: no goodbye
-                    recorder.node_down(node.name)
-                    log.info("node %s crashed after round %d", node.name, outage.fail_round)
-                    if outage.recover_round is None:
-                        return
-                    await recorder.wait_for_round(outage.recover_round)
-                    log.info("node %s restarts after round %d", node.name, outage.recover_round)
-                    # back with the state it had (as restored from its checkpoint), same address
-                    revived = await start_late(node.name, outage.fail_round + 1)
-                    await revived.run()
 
                 # pinned only now: ZeroMQ's I/O thread, started with the first socket,
                 # keeps every core (it inherits its creator's at birth)
                 with pinned_thread(cpu):
                     async with asyncio.TaskGroup() as group:
-                        for node in nodes:
-                            group.create_task(lifecycle(node), name=f"run-{node.name}")
-                        for name, after_round in joins.items():
-                            group.create_task(join(name, after_round), name=f"join-{name}")
+                        churn.start(group, nodes, spawn)
     finally:
         recorder.close()
         executor.shutdown(wait=True)
         context.term()
     wall = time.perf_counter() - started
     rejected: Counter[str] = Counter()
-    every_node = [node for lives in incarnations.values() for node in lives]
-    for node in every_node:
+    for node in churn.nodes:
         rejected.update(node.stats.rejected)
-    failed = [name for name in experiment.names if name in outages and outages[name].recover_round is None]
-    summary = _summary(config, experiment, recorder, every_node, wall, rejected, failed)
+    summary = _summary(config, experiment, recorder, churn.nodes, wall, rejected, churn.failed)
     if out_dir is not None:
         (out_dir / "summary.json").write_text(summary_json(summary))
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
+
+
+class _NodeFactory:
+    """Builds the simulation's nodes through :mod:`p2pfl.assembly`, as a deployment would."""
+
+    def __init__(
+        self, config: ExperimentConfig, experiment: Experiment, context: zmq.Context,
+        executor: PhasedWorker, recorder: MetricsRecorder,
+    ) -> None:
+        self.config = config
+        self.experiment = experiment
+        self.context = context
+        self.executor = executor
+        self.recorder = recorder
+        self.links = simulated_links(experiment.names, context) if config.curve else plain_links()
+        self.secure_for = simulated_secure_aggregation(experiment.names) if config.secure_aggregation else None
+        self.aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
+        self.learner_of = dict(zip(experiment.names, experiment.learners, strict=True))
+
+    def __call__(self, name: str, endpoint: str, start_round: int = 0) -> Node:
+        return build_node(
+            self.config, name, self.learner_of[name], self.experiment.schedule,
+            ZmqTransport(self.context, endpoint, security=self.links.security_for(name)),
+            start_round=start_round, aggregator=self.aggregator,
+            secure=self.secure_for(name) if self.secure_for is not None else None,
+            executor=self._executor_for(name), observer=self.recorder,
+        )
+
+    def link(self, node: Node, endpoints: Mapping[str, str], absent: Collection[str] = ()) -> None:
+        """Tell ``node`` where its neighbours listen; ``absent`` ones are not waited for
+        until heard from."""
+        for peer in self.experiment.schedule.peers(node.name):
+            node.add_peer(peer, endpoints[peer])
+            if peer in absent:
+                node.peers.suspect(peer)
+
+    def _executor_for(self, name: str) -> Any:
+        factor = self.config.slowdown if name in self.experiment.slow else 1.0
+        if factor == 1.0 and not self.config.step_seconds:
+            return self.executor
+        loop = asyncio.get_running_loop()
+        return PacedExecutor(self.executor, loop, factor=factor, step_seconds=self.config.step_seconds)
 
 
 def run_simulation(
@@ -230,28 +194,6 @@ def run_simulation(
     """
     with asyncio.Runner(loop_factory=new_simulation_loop) as runner:
         return runner.run(simulate(config, progress=progress, experiment=experiment))
-
-
-def _link_security(curve: bool, names: list[str], context: zmq.Context) -> tuple[Any, Any]:
-    """Per-node CurveSecurity (fresh keys, everyone allow-listed) and the context's ZAP handler."""
-    if not curve:
-        return (lambda name: None), None
-    from p2pfl.security import AllowList, CurveSecurity, curve_authenticator, generate_keypair
-
-    keypairs = {name: generate_keypair() for name in names}
-    allowlist = AllowList(lambda: {name: pair.public for name, pair in keypairs.items()})
-    return (lambda name: CurveSecurity(keypairs[name], allowlist)), curve_authenticator(context, allowlist)
-
-
-def _secure_aggregation(on: bool, names: list[str]) -> Callable[[str], Any]:
-    """Per-node secure aggregation (fresh X25519 keys per node, everyone's public keys
-    known to all); a restarted node gets a fresh state with the same key."""
-    if not on:
-        return lambda name: None
-    from p2pfl.privacy.secagg import SecureAggregation, generate_keys
-
-    keys = generate_keys(names)
-    return lambda name: SecureAggregation(keys[name])
 
 
 def _concrete(endpoint: str) -> str:

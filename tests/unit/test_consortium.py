@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import zmq
 
+from p2pfl._toml import dumps
 from p2pfl.consortium import (
     Consortium,
     Member,
@@ -22,7 +23,6 @@ from p2pfl.consortium import (
     load_description,
     write_consortium,
 )
-from p2pfl.consortium._toml import dumps
 from p2pfl.errors import ConfigError, TopologyError
 from p2pfl.security.keys import fingerprint, generate_keypair, read_public_key, read_secret_key, write_keypair
 
@@ -539,7 +539,8 @@ def load_and_build(path: Path) -> Any:
 def _node_refusal(bundle: Path) -> str:
     """What ``p2pfl node`` says when it refuses to start secure aggregation in ``bundle``."""
     from p2pfl.deploy.config import load_node_config
-    from p2pfl.deploy.runner import _secure_aggregation, load_membership
+    from p2pfl.deploy.membership import load_membership
+    from p2pfl.deploy.runner import _secure_aggregation
     from p2pfl.security import AllowList
 
     config, base = load_node_config(bundle / "node.toml")

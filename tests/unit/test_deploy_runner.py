@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from p2pfl.deploy import membership as deploy_membership
 from p2pfl.deploy import runner
 from p2pfl.deploy.config import load_node_config
-from p2pfl.deploy.runner import NeighbourListSchedule, RoundRecorder
+from p2pfl.deploy.learner_loader import build_learner
+from p2pfl.deploy.membership import NeighbourListSchedule, load_membership, watch_membership
+from p2pfl.deploy.recorder import RoundRecorder, write_stats
 from p2pfl.errors import ConfigError
 from p2pfl.node.peers import StartCondition
 from p2pfl.security import AllowList, generate_keypair
@@ -89,13 +92,13 @@ def test_temporary_files_of_killed_saves_are_removed_at_start_unless_a_writer_ho
 
 
 async def test_membership_reloads_when_the_file_changes_and_on_sighup(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "RELOAD_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(deploy_membership, "RELOAD_POLL_SECONDS", 0.05)
     members = tmp_path / "members.json"
     keys = {name: generate_keypair().public for name in "abc"}
     members.write_text(json.dumps({n: keys[n] for n in "ab"}))
     allowlist = AllowList(lambda: json.loads(members.read_text()))
     changed = asyncio.Event()
-    task = asyncio.create_task(runner._reload_membership(allowlist, members, lambda names: changed.set()))
+    task = asyncio.create_task(watch_membership(allowlist, members, lambda names: changed.set()))
     try:
         await asyncio.sleep(0)  # let the task install its SIGHUP handler  # ok-sleep: one loop turn
         members.write_text(json.dumps(keys))  # "c" joins
@@ -128,7 +131,7 @@ def test_a_static_topology_file_is_relative_to_node_toml_not_the_working_directo
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     config, base = load_node_config(site / "node.toml")
-    membership = runner.load_membership(config, base)
+    membership = load_membership(config, base)
     assert membership.schedule.peers("a") == ("b",)
 
 
@@ -188,7 +191,7 @@ def missing_file(data_dir):
 def test_index_from_init_is_passed_only_to_learners_that_take_it(site, function):
     folder, module = site
     (folder / f"{module}.py").write_text(LEARNERS)
-    learner = runner.build_learner(*org_config(folder, f"{module}:{function}", data_dir="/data", index=2))
+    learner = build_learner(*org_config(folder, f"{module}:{function}", data_dir="/data", index=2))
     assert learner.get_weights()
 
 
@@ -205,7 +208,7 @@ def test_learner_args_that_do_not_fit_the_function_name_it_and_the_arguments(sit
     folder, module = site
     (folder / f"{module}.py").write_text(LEARNERS)
     with pytest.raises(ConfigError) as info:
-        runner.build_learner(*org_config(folder, f"{module}:{function}", **args))
+        build_learner(*org_config(folder, f"{module}:{function}", **args))
     assert info.value.field == "learner_args"
     assert f"{module}:{function}" in str(info.value)
     for word in words:
@@ -216,7 +219,7 @@ def test_a_learner_that_raises_is_a_config_error_naming_it_with_the_cause_kept(s
     folder, module = site
     (folder / f"{module}.py").write_text(LEARNERS)
     with pytest.raises(ConfigError) as info:
-        runner.build_learner(*org_config(folder, f"{module}:missing_file", data_dir="/nonexistent", index=0))
+        build_learner(*org_config(folder, f"{module}:missing_file", data_dir="/nonexistent", index=0))
     assert info.value.field == "learner"
     assert f"{module}:missing_file(...) failed: FileNotFoundError: " in str(info.value)
     assert "/nonexistent/train.csv" in str(info.value)
@@ -226,14 +229,14 @@ def test_a_learner_that_raises_is_a_config_error_naming_it_with_the_cause_kept(s
 def test_a_learner_module_that_cannot_be_imported_says_where_to_put_it(site):
     folder, module = site
     with pytest.raises(ConfigError) as info:
-        runner.build_learner(*org_config(folder, f"{module}.model:build"))
+        build_learner(*org_config(folder, f"{module}.model:build"))
     assert info.value.field == "learner"
     assert "next to node.toml" in str(info.value) and str(folder) in str(info.value)
     assert "PYTHONPATH" in str(info.value)
     # the module exists but its own import fails: that failure, not "put it next to node.toml"
     (folder / f"{module}.py").write_text("import a_dependency_nobody_installed\n")
     with pytest.raises(ConfigError) as info:
-        runner.build_learner(*org_config(folder, f"{module}:build"))
+        build_learner(*org_config(folder, f"{module}:build"))
     assert f"importing {module} failed: ModuleNotFoundError" in str(info.value)
     assert "a_dependency_nobody_installed" in str(info.value)
 
@@ -284,7 +287,7 @@ async def test_discovery_announces_the_consortium_endpoint_not_the_bind_address(
     init_consortium(tmp_path / "desc.toml", tmp_path / "out")
     config, base = load_node_config(tmp_path / "out" / "a" / "node.toml", discovery="mqtt://broker:1883")
     assert config.bind == "tcp://0.0.0.0:7202"
-    membership = runner.load_membership(config, base)
+    membership = load_membership(config, base)
     assert membership.own_endpoint == "tcp://a.example.org:7202"
     assert "a" not in membership.endpoints  # never dialled as a peer
     monkeypatch.setattr(p2pfl.discovery, "MqttPresence", RecordingPresence)
@@ -309,7 +312,7 @@ def test_stats_json_written_from_two_threads_at_once_stays_whole(tmp_path):
     def write_many():
         try:
             for _ in range(300):
-                runner.write_stats(tmp_path, stats)
+                write_stats(tmp_path, stats)
         except Exception as exc:  # noqa: BLE001 - collected for the assertion below
             errors.append(exc)
 

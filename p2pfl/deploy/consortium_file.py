@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pfl.consortium._parse import build, message, read_toml, table, write_atomically
-from p2pfl.consortium._toml import dumps
-from p2pfl.consortium.description import CONSORTIUM_NAME, MEMBER_NAME
+from p2pfl._files import write_atomically
+from p2pfl._toml import build, dumps, message, read_toml, table
 from p2pfl.errors import ConfigError
+from p2pfl.security.keys import fingerprint, validate_key
+from p2pfl.topology import build_topology
+from p2pfl.topology.mixing import resolve_mixing_method
 
 __all__ = [
     "Consortium",
@@ -27,6 +29,9 @@ __all__ = [
     "write_consortium",
 ]
 
+#: What a consortium and a member may be called (the description is held to the same).
+CONSORTIUM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d+)")
 
 
@@ -138,7 +143,7 @@ def write_consortium(consortium: Consortium, path: str | Path) -> None:
             for m in consortium.members
         ],
     }
-    write_atomically(Path(path), dumps(document), 0o644)
+    write_atomically(Path(path), dumps(document), mode=0o644)
 
 
 def allow_list_loader(path: str | Path) -> Callable[[], dict[str, str]]:
@@ -166,8 +171,6 @@ def load_consortium_topology(path: str | Path) -> tuple[Consortium, Any]:
         ConfigError: the file is invalid, or the graph's node names differ from the members.
         TopologyError: the topology file is missing, unreadable or unusable (e.g. disconnected).
     """
-    from p2pfl.topology import build_topology
-
     path = Path(path)
     consortium = load_consortium(path)
     file = Path(consortium.topology)
@@ -191,9 +194,6 @@ def load_consortium_topology(path: str | Path) -> tuple[Consortium, Any]:
 
 
 def _parse(values: dict[str, Any]) -> Consortium:
-    from p2pfl.security.keys import fingerprint, validate_key
-    from p2pfl.topology.mixing import resolve_mixing_method
-
     header = build(_Header, values, "", tables=("members",))
     if not CONSORTIUM_NAME.fullmatch(header.name):
         raise ConfigError("name", f"{header.name!r}: use letters, digits, '-' and '_'")
