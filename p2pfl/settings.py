@@ -238,7 +238,7 @@ _ALL = [
     _S("mixing", str, "metropolis", "mixing matrix: metropolis, max-degree or file (edge weights from the file)"),
     _S("fanout", int, 0, "time-varying gossip: each round send to this many random peers", ge=0,
        note="0 = static topology"),
-    _S("dataset", str, "digits", "digits, breast_cancer, csv:PATH or npz:PATH"),
+    _S("dataset", str, "digits", "digits, breast_cancer, csv:PATH[,label=COLUMN] or npz:PATH"),
     _S("partition", str, "dirichlet:0.5", "how the data is split: iid, dirichlet:ALPHA, shards:K or quantity:ALPHA"),
     _S("test_fraction", float, 0.2, "share of the dataset held out as the common test set", gt=0, lt=1),
     _S("model", str, "mlp", "mlp, cnn, logreg or module:function(input_shape, num_classes)"),
