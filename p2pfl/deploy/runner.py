@@ -409,10 +409,11 @@ def _apply_membership(node: Node, config: OrgNodeConfig, base: Path, changed: se
 
 
 def _secure_aggregation(
-    config: OrgNodeConfig, membership: Membership, allowlist: Any, keypair: Any, start_round: int
+    config: OrgNodeConfig, membership: Membership, allowlist: Any, keypair: Any, start_round: int,
+    signing_key_of: Callable[[str], str | None] | None = None,
 ) -> Any:
-    """Secure aggregation keyed by this member's Curve key (an X25519 key) and the
-    consortium allow-list's public keys, or None when off."""
+    """Secure aggregation signed by this member's identity (derived from its Curve secret)
+    and checking the others' against the consortium file's signing keys, or None when off."""
     if not config.secure_aggregation:
         return None
     from p2pfl.privacy.secagg import SecAggKeys, SecureAggregation
@@ -420,8 +421,34 @@ def _secure_aggregation(
     if allowlist is None or keypair is None:
         raise ConfigError("secure_aggregation", "needs the consortium's public keys and this node's key pair")
     require_secure_neighbourhood(membership.schedule.plan(config.name, start_round))
+    if signing_key_of is None:
+        if membership.watch_file is None:
+            raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
+        signing_key_of = _signing_keys(membership.watch_file)
     log.info("node %s: secure aggregation on (neighbours see only weighted sums of models)", config.name)
-    return SecureAggregation(SecAggKeys.from_curve(config.name, keypair.secret, allowlist.key_for))
+    return SecureAggregation(SecAggKeys.from_curve(config.name, keypair.secret, signing_key_of))
+
+
+def _signing_keys(path: Path) -> Callable[[str], str | None]:
+    """Member -> Ed25519 public key (``members[*].signing_key`` of consortium.toml), re-read
+    when the file changes, as the allow-list is."""
+    import tomllib
+
+    cache: dict[str, Any] = {"mtime": None, "keys": {}}
+
+    def lookup(name: str) -> str | None:
+        mtime = _mtime(path)
+        if mtime != cache["mtime"]:
+            try:
+                members = tomllib.loads(path.read_text()).get("members", [])
+                cache["keys"] = {m.get("name"): m.get("signing_key") for m in members if isinstance(m, dict)}
+                cache["mtime"] = mtime
+            except (OSError, tomllib.TOMLDecodeError) as exc:  # a half-written file: keep the last keys
+                log.error("cannot read signing keys from %s (%s); keeping the last ones", path, exc)
+        key = cache["keys"].get(name)
+        return key if isinstance(key, str) else None
+
+    return lookup
 
 
 async def _link_security(

@@ -75,14 +75,14 @@ class Net:
     """Routes frames to the addressed exchange on the next loop turn, as a socket would."""
 
     def __init__(self, names: Sequence[str], seed: int = 0, round_timeout: float = 5.0,
-                 exchange_classes: dict[str, type] | None = None) -> None:
+                 exchange_classes: dict[str, type] | None = None, masking: bool = True) -> None:
         self.schedule = CompleteSchedule(names, seed)
         self.names = tuple(names)
         self.down: set[str] = set()
         self.refused: list[tuple[str, str]] = []  # (refusing node, reason)
         self.keys = generate_keys(names)
         self.links = {name: Link(name, self, round_timeout) for name in names}
-        self.secure = {name: SecureAggregation(self.keys[name]) for name in names}
+        self.secure = {name: SecureAggregation(self.keys[name], masking=masking) for name in names}
         schema = {"w": wire.TensorSpec("float32", (SIZE,))}
         self.exchanges = {}
         for name in names:
