@@ -37,6 +37,7 @@ _KEY_LABEL = "p2pfl secagg v2 ephemeral key"
 _BUNDLE_LABEL = "p2pfl secagg v2 key bundle"
 _SET_LABEL = "p2pfl secagg v2 dropout set"
 _SHARE_LABEL = "p2pfl secagg v2 share"
+_ENDORSE_LABEL = b"p2pfl secagg v2 endorsement"
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 NONCE_BYTES = 12
@@ -127,6 +128,7 @@ class SecAggKeys:
         self.name = name
         self.identity = identity
         self._signing_key_of = signing_key_of
+        self._publics: dict[str, Any] = {}  # Z85 -> Ed25519PublicKey of keys that verified once
 
     def sign(self, data: bytes) -> bytes:
         return self.identity.sign(data)
@@ -134,7 +136,24 @@ class SecAggKeys:
     def verify(self, member: str, data: bytes, signature: Any) -> bool:
         """Whether ``signature`` (from the network: any type) is ``member``'s on ``data``."""
         key = self._signing_key_of(member)
-        return key is not None and isinstance(signature, bytes) and verify_signature(key, data, signature)
+        if key is None or not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+            return False
+        public = self._publics.get(key)
+        if public is None:  # decoding a key costs as much as a check: once per key
+            if not verify_signature(key, data, signature):
+                return False
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+            from zmq.utils import z85
+
+            self._publics[key] = Ed25519PublicKey.from_public_bytes(z85.decode(key.encode("ascii")))
+            return True
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            public.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
 
     @classmethod
     def from_curve(cls, name: str, secret_z85: str, signing_key_of: Callable[[str], str | None]) -> SecAggKeys:
@@ -167,23 +186,31 @@ class EphemeralKey:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self.signature = keys.sign(key_statement(self.name, self.public))
-        self._pairs: dict[tuple[str, bytes], tuple[bytes, Any]] = {}
+        self._pairs: dict[tuple[str, bytes], tuple[bytes, Any, bytes]] = {}
 
-    def _pair(self, peer: str, peer_public: bytes) -> tuple[bytes, Any]:
-        """(mask seed, AES-GCM) shared with ``peer``'s ephemeral key; both ends derive the same."""
+    def _pair(self, peer: str, peer_public: bytes) -> tuple[bytes, Any, bytes]:
+        """(mask seed, AES-GCM, MAC key) shared with ``peer``'s ephemeral key; both ends
+        derive the same."""
         cached = self._pairs.get((peer, peer_public))
         if cached is None:
             _, public_cls, hkdf_cls, hashes, *_, aesgcm_cls = _crypto()
             shared = self._private.exchange(public_cls.from_public_bytes(peer_public))
             (low, low_key), (high, high_key) = sorted(((self.name, self.public), (peer, peer_public)))
             info = _PAIR_INFO + low_key + high_key + _pack(low, high)
-            material = hkdf_cls(algorithm=hashes.SHA256(), length=64, salt=None, info=info).derive(shared)
-            cached = (material[:32], aesgcm_cls(material[32:]))
+            material = hkdf_cls(algorithm=hashes.SHA256(), length=96, salt=None, info=info).derive(shared)
+            cached = (material[:32], aesgcm_cls(material[32:64]), material[64:])
             self._pairs[(peer, peer_public)] = cached
         return cached
 
     def mask_seed(self, peer: str, peer_public: bytes) -> bytes:
         return self._pair(peer, peer_public)[0]
+
+    def endorse(self, peer: str, peer_public: bytes, statement: bytes) -> bytes:
+        """HMAC-SHA256 tag that only ``peer`` (and we) can make: our endorsement, for it."""
+        return hmac.new(self._pair(peer, peer_public)[2], _ENDORSE_LABEL + statement, hashlib.sha256).digest()
+
+    def check_endorsement(self, peer: str, peer_public: bytes, statement: bytes, tag: Any) -> bool:
+        return isinstance(tag, bytes) and hmac.compare_digest(self.endorse(peer, peer_public, statement), tag)
 
     def encrypt(self, peer: str, peer_public: bytes, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

@@ -161,7 +161,7 @@ class Helping:
     """A neighbour's part in one receiver's unmasking of one round."""
 
     bundle: Bundle  # the keys it masked its model for the receiver with
-    statement: bytes | None = None  # the one dropout set it signed
+    statement: bytes | None = None  # the one dropout set it endorsed
     dropped: tuple[str, ...] = ()
     sealed: dict[str, bytes] = field(default_factory=dict)  # senders' shares, sealed for it
     answered: bool = False

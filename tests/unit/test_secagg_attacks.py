@@ -31,6 +31,7 @@ from p2pfl.wire import Kind, Message  # noqa: E402
 
 FOUR = ("a", "b", "c", "d")  # "a" lies; its neighbours b, c, d: n = 3, t = 2
 WAIT = 0.3
+Endorsements = dict[str, dict[str, bytes]]  # endorser -> addressee -> MAC tag
 
 
 @dataclass
@@ -59,22 +60,25 @@ class Liar(SecureExchange):
         raise NotImplementedError
 
     # the protocol's moves, each free to misuse
-    async def sets(self, round_: int, plan: RoundPlan, dropped_for: Mapping[str, Sequence[str]]) -> dict[str, bytes]:
-        """Send each neighbour its own dropout set; the signatures that came back."""
+    async def sets(self, round_: int, plan: RoundPlan, dropped_for: Mapping[str, Sequence[str]]) -> Endorsements:
+        """Send each neighbour its own dropout set; the endorsements that came back."""
         bundle = self.directory.own_bundle(self._link.name, plan.expect_from)
         assert bundle is not None
-        self._signatures.open(round_, dropped_for)
+        self._endorsements.open(round_, dropped_for)
         for peer, dropped in dropped_for.items():
             statement = set_statement(self._link.name, round_, bundle.digest, dropped)
             carried = {s: m.meta["shares"][peer] for s, m in self.received.items() if s != peer}
             self._send((peer,), Kind.SECAGG_SET, round_, {"dropped": sorted(dropped), "digest": bundle.digest,
                                                           "sig": self.secure.keys.sign(statement), "shares": carried})
-        got = await self._signatures.gather(WAIT)
-        return {peer: message.meta["sig"] for peer, message in got.items()}
+        got = await self._endorsements.gather(WAIT)
+        return {peer: dict(message.meta["tags"]) for peer, message in got.items()}
 
-    async def ask(self, round_: int, peers: Sequence[str], signatures: Mapping[str, bytes], loot: Loot) -> None:
+    async def ask(self, round_: int, peers: Sequence[str], endorsements: Endorsements, loot: Loot) -> None:
+        """Ask each of ``peers`` for its reveal, with every tag addressed to it."""
         self._reveals.open(round_, peers)
-        self._send(tuple(peers), Kind.REVEAL_REQUEST, round_, {"signatures": dict(signatures)})
+        for peer in peers:
+            tags = {k: by_peer[peer] for k, by_peer in endorsements.items() if peer in by_peer}
+            self._send((peer,), Kind.REVEAL_REQUEST, round_, {"endorsements": tags})
         for peer, message in (await self._reveals.gather(WAIT)).items():
             loot.shares[peer] = dict(message.meta["shares"])
             if MASKED in message.tensors:
@@ -133,40 +137,40 @@ class SplitRequests(Liar):
 
     async def attack(self, round_: int, plan: RoundPlan, loot: Loot) -> None:
         split = {"b": ["c"], "c": ["d"], "d": ["b"]}
-        signatures = await self.sets(round_, plan, split)
+        endorsements = await self.sets(round_, plan, split)
         for peer in split:
-            await self.ask(round_, [peer], signatures, loot)  # everything it has, to each
+            await self.ask(round_, [peer], endorsements, loot)  # everything it has, to each
 
 
 class ClaimsPresentDropped(Liar):
     async def attack(self, round_: int, plan: RoundPlan, loot: Loot) -> None:
-        signatures = await self.sets(round_, plan, {"b": ["d"], "c": ["d"], "d": ["d"]})
-        await self.ask(round_, ["b", "c", "d"], signatures, loot)
+        endorsements = await self.sets(round_, plan, {"b": ["d"], "c": ["d"], "d": ["d"]})
+        await self.ask(round_, ["b", "c", "d"], endorsements, loot)
 
 
 class DifferentSets(Liar):
     async def attack(self, round_: int, plan: RoundPlan, loot: Loot) -> None:
-        signatures = await self.sets(round_, plan, {"b": [], "c": [], "d": ["c"]})
-        await self.ask(round_, ["b", "c"], signatures, loot)  # t signatures on the empty set
-        await self.ask(round_, ["d"], signatures, loot)  # d signed another set
+        endorsements = await self.sets(round_, plan, {"b": [], "c": [], "d": ["c"]})
+        await self.ask(round_, ["b", "c"], endorsements, loot)  # t endorsements on the empty set
+        await self.ask(round_, ["d"], endorsements, loot)  # d signed another set
 
 
 class ReplaysRequest(Liar):
     async def attack(self, round_: int, plan: RoundPlan, loot: Loot) -> None:
-        signatures = await self.sets(round_, plan, {"b": ["d"], "c": ["d"]})
+        endorsements = await self.sets(round_, plan, {"b": ["d"], "c": ["d"]})
         if round_ == 0:
-            self.first = signatures
-        await self.ask(round_, ["b", "c"], signatures, loot)
-        await self.ask(round_, ["b", "c"], signatures, loot)  # the same request again
+            self.first = endorsements
+        await self.ask(round_, ["b", "c"], endorsements, loot)
+        await self.ask(round_, ["b", "c"], endorsements, loot)  # the same request again
         await self.ask(round_, ["b", "c", "d"], self.first, loot)  # round 0's, in later rounds
 
 
 class AsksTwice(Liar):
     async def attack(self, round_: int, plan: RoundPlan, loot: Loot) -> None:
-        signatures = await self.sets(round_, plan, {"b": [], "c": [], "d": []})
-        await self.ask(round_, ["b", "c", "d"], signatures, loot)
+        endorsements = await self.sets(round_, plan, {"b": [], "c": [], "d": []})
+        await self.ask(round_, ["b", "c", "d"], endorsements, loot)
         again = await self.sets(round_, plan, {"b": ["d"], "c": ["d"]})  # now d "dropped"
-        await self.ask(round_, ["b", "c"], {**signatures, **again}, loot)
+        await self.ask(round_, ["b", "c"], {**endorsements, **again}, loot)
 
 
 @pytest.mark.parametrize(
