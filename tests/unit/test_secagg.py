@@ -43,10 +43,6 @@ def neighbourhood(n: int, seed: int = 0, *, masking: bool = True):
     return plan, members, models, bundle
 
 
-def plain_sum(plan, models, present):
-    return sum(plan.weights[p] * models[p] for p in present)
-
-
 def test_a_deployed_members_identity_derives_from_its_curve_key():
     pair = generate_keypair()
     a = SecAggKeys.from_curve("a", pair.secret, {}.get)
