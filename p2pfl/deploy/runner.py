@@ -425,6 +425,10 @@ def _secure_aggregation(
         if membership.watch_file is None:
             raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
         signing_key_of = _signing_keys(membership.watch_file)
+    unknown = [p for p in membership.schedule.peers(config.name) if signing_key_of(p) is None]
+    if unknown:  # no silent fallback: without them no relayed key verifies and no round aggregates
+        raise ConfigError("signing_key", f"no signing key for {', '.join(unknown)} in the consortium file: "
+                          "secure aggregation checks every member's per-run key against it")
     log.info("node %s: secure aggregation on (neighbours see only weighted sums of models)", config.name)
     return SecureAggregation(SecAggKeys.from_curve(config.name, keypair.secret, signing_key_of))
 
