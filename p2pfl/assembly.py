@@ -192,9 +192,11 @@ def simulated_secure_aggregation(names: list[str]) -> Callable[[str], SecureAggr
     return lambda name: SecureAggregation(keys[name])
 
 
-def member_secure_aggregation(name: str, keypair: KeyPair | None, allowlist: AllowList | None) -> SecureAggregation:
-    """A member's secure aggregation, keyed by its Curve key (an X25519 key) and the
-    consortium allow-list's public keys.
+def member_secure_aggregation(
+    name: str, keypair: KeyPair | None, allowlist: AllowList | None, signing_key_of: Callable[[str], str | None]
+) -> SecureAggregation:
+    """A member's secure aggregation: its identity derives from its Curve secret key, and
+    the others' per-run keys are checked against ``signing_key_of`` (consortium.toml).
 
     Raises:
         ConfigError: (``secure_aggregation``) no key pair or allow-list (plain-text links).
@@ -202,4 +204,4 @@ def member_secure_aggregation(name: str, keypair: KeyPair | None, allowlist: All
     if allowlist is None or keypair is None:
         raise ConfigError("secure_aggregation", "needs the consortium's public keys and this node's key pair")
     log.info("node %s: secure aggregation on (neighbours see only weighted sums of models)", name)
-    return SecureAggregation(SecAggKeys.from_curve(name, keypair.secret, allowlist.key_for))
+    return SecureAggregation(SecAggKeys.from_curve(name, keypair.secret, signing_key_of))

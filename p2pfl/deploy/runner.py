@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from p2pfl.assembly import Links, build_node, member_links, member_secure_aggreg
 from p2pfl.deploy.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_learner, save_final_model
 from p2pfl.deploy.config import OrgNodeConfig, require_secure_neighbourhood, resolve
 from p2pfl.deploy.learner_loader import build_learner
-from p2pfl.deploy.membership import Membership, load_membership, watch_membership
+from p2pfl.deploy.membership import Membership, load_membership, signing_keys_reader, watch_membership
 from p2pfl.deploy.recorder import ProgressQueue, RoundRecorder, publish_progress, write_stats
 from p2pfl.errors import ConfigError
 from p2pfl.node.node import Node
@@ -147,15 +148,25 @@ def _apply_membership(node: Node, config: OrgNodeConfig, base: Path, changed: se
 
 def _secure_aggregation(
     config: OrgNodeConfig, membership: Membership, allowlist: AllowList | None, keypair: KeyPair | None,
-    start_round: int,
+    start_round: int, signing_key_of: Callable[[str], str | None] | None = None,
 ) -> SecureAggregation | None:
-    """Secure aggregation keyed by this member's Curve key and the consortium's public
-    keys, or None when off."""
+    """Secure aggregation signed by this member's identity (derived from its Curve secret)
+    and checking the others' against the consortium file's signing keys, or None when off."""
     if not config.secure_aggregation:
         return None
-    if allowlist is not None and keypair is not None:  # otherwise the assembly names what is missing
-        require_secure_neighbourhood(membership.schedule.plan(config.name, start_round))
-    return member_secure_aggregation(config.name, keypair, allowlist)
+    if allowlist is None or keypair is None:  # the assembly names what is missing
+        return member_secure_aggregation(config.name, keypair, allowlist, lambda _: None)
+    require_secure_neighbourhood(membership.schedule.plan(config.name, start_round))
+    if signing_key_of is None:
+        if membership.watch_file is None:
+            raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
+        signing_key_of = signing_keys_reader(membership.watch_file)
+    unknown = [p for p in membership.schedule.peers(config.name) if signing_key_of(p) is None]
+    if unknown:  # no silent fallback: without them no relayed key verifies and no round aggregates
+        raise ConfigError("signing_key", f"no signing key for {', '.join(unknown)} in the consortium file: "
+                          "secure aggregation checks every member's per-run key against it; "
+                          "rerun 'p2pfl consortium init ... --force --keep-keys' to write them")
+    return member_secure_aggregation(config.name, keypair, allowlist, signing_key_of)
 
 
 async def _link_security(

@@ -23,6 +23,7 @@ from p2pfl.errors import WireError
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.topology.schedule import RoundPlan
 from p2pfl.wire import Kind, Message, ModelSchema
+from p2pfl.wire.kinds import SECAGG_CONTROL_KINDS
 
 if TYPE_CHECKING:  # the records stay importable without torch
     from p2pfl.learning.learner import TrainResult, Weights
@@ -149,10 +150,7 @@ class ExchangeBuilder(Protocol):
 def refuse_secure_kinds() -> dict[Kind, Handler]:
     """Handlers that refuse secure aggregation's control kinds, for the exchanges without it."""
 
-    def refuse(what: str) -> Handler:
-        def handler(message: Message) -> None:
-            raise WireError("secagg_off", f"{what}, but secure aggregation is off here")
+    def refuse(message: Message) -> None:
+        raise WireError("secagg_off", f"a {message.kind} message, but secure aggregation is off here")
 
-        return handler
-
-    return {Kind.REVEAL_REQUEST: refuse("a reveal request"), Kind.REVEAL: refuse("a reveal")}
+    return dict.fromkeys(SECAGG_CONTROL_KINDS, refuse)

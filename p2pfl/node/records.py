@@ -120,7 +120,9 @@ def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimit
     limits = config.limits
     return dataclasses.replace(
         limits,
-        max_header_bytes=min(limits.max_header_bytes, 4 * header + 16 * 1024),
+        # secure aggregation's headers carry ~110 bytes per neighbour (sealed shares, signed
+        # keys): 64 KiB leaves room for hundreds of neighbours
+        max_header_bytes=min(limits.max_header_bytes, 4 * header + 64 * 1024),
         # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
         max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
         max_tensors=min(limits.max_tensors, len(weights) + 64),

@@ -1,53 +1,41 @@
 """Secure aggregation among neighbours: a receiver learns the weighted sum, not the models.
 
-Pairwise masking (Bonawitz et al. 2017, without its double masking) applied to each
-receiver's neighbourhood separately. In round ``r``, neighbour ``j`` of receiver ``i``
-sends
+Double masking (Bonawitz et al., CCS 2017) applied to each receiver's neighbourhood
+``N(i)`` (public: every node evaluates the same schedule), as SecAgg+ (Bell et al. 2020)
+applies it to a neighbourhood graph. In round ``r`` neighbour ``j`` of receiver ``i`` sends
 
-    y_ij = enc(W_ij * x_j) + sum_{k in N(i), k != j} sign(j, k) * PRG(s_jk, r, i)   (mod 2**64)
+    y_ij = enc(W_ij x_j) + PRG(b_j) + sum_{k in N(i), k != j} sign(j, k) PRG(s_jk, r, i)   (mod 2**64)
 
-where ``N(i)`` is the set of neighbours ``i`` expects in round ``r`` (public: every node
-evaluates the same schedule), ``sign(j, k)`` is ``+1`` if ``j < k`` by name and ``-1``
-otherwise, and ``s_jk`` is the X25519 shared secret of ``j`` and ``k`` run through HKDF.
-Each pair's masks cancel in ``sum_j y_ij``, so ``i`` recovers exactly
-``sum_j enc(W_ij x_j)`` and adds its own ``W_ii x_i`` in the clear. The PRG is AES-256
-in counter mode under a key derived per (pair, round, receiver) with HMAC-SHA256
-(:mod:`p2pfl.privacy.secagg_keys`).
+``b_j`` is a fresh 32-byte self-mask seed per (receiver, round), Shamir-shared among
+``N(i) \\ {j}`` with threshold ``t - 1`` (:mod:`p2pfl.privacy.shamir`), each share
+AES-GCM-encrypted to its holder and carried there by ``i``; ``s_jk`` is the pair's mask
+seed from their per-run ephemeral X25519 keys (:mod:`p2pfl.privacy.secagg_keys`);
+``sign(j, k)`` is ``+1`` if ``j < k`` by name, else ``-1``.
+
+Unmasking (the messages are in :mod:`p2pfl.privacy.secagg_exchange`): ``i`` commits to one
+dropout set ``D`` (the neighbours whose model did not arrive), signed; each present
+neighbour signs ``(i, r, keys, D)`` once and refuses any other set for ``(i, r)``; with
+``t`` valid signatures on exactly the set it signed, a neighbour ``k`` answers once: its
+pairwise masks with ``D`` and its shares of the present neighbours' self-masks, never
+both for one sender. ``i`` rebuilds each ``b_j`` from ``t - 1`` shares and removes
+every mask: the sum of the present neighbours' weighted models is left.
+
+Threshold: ``t = floor(n / 2) + 1`` for ``n = |N(i)|``. ``i`` needs ``t`` present
+neighbours and ``t`` signatures; each present sender's self-mask needs ``t - 1`` shares
+from the others present. Two different sets cannot both collect ``t`` signatures while
+fewer than ``2t - n`` neighbours collude with ``i`` (1 for even ``n``, 0 for odd ``n``),
+and ``t - 1`` shares stay out of their reach. Below ``t`` the receiver keeps its own
+model for the round. Threat model: docs/explanations/secure-aggregation.md.
 
 Fixed point: ``enc(v) = round(v * 2**32)`` as int64, carried as uint64 (two's
-complement, arithmetic mod 2**64). Resolution 2**-32 (about 2.3e-10). Every weighted value
-is clipped to ``|v| <= 2**30 / |N(i)|``, so the true sum of the ``|N(i)|`` contributions
-stays within ``2**30 < 2**31 = 2**63 / 2**32``: it never wraps. Realistic weights are
-far below the clip (for 16 neighbours it is 6.7e7).
-
-Dropouts: if some expected neighbours ``D`` have not arrived by the deadline, ``i`` asks
-each present one for its masks with ``D`` only (``reveal-request``); the answers
-(``reveal``) are ``sum_{d in D} sign(j, d) PRG(s_jd, r, i)``, which ``i`` subtracts. A
-present neighbour that does not answer joins ``D`` and the request is repeated. Once ``i``
-has asked for masks with ``d``, a late model from ``d`` for that round is refused. The
-messages and the round's steps are :mod:`p2pfl.privacy.secagg_exchange`; this module is
-the arithmetic and each node's masking state.
-
-Threat model and limits (also in README.md):
-
-* Honest-but-curious receiver: it learns only ``sum_{j present} W_ij x_j``.
-* A *lying* receiver that claims a neighbour ``d`` dropped although ``d``'s masked
-  model arrived learns ``W_id x_d`` exactly: the others reveal all of ``d``'s masks.
-  Double masking (a self-mask secret-shared among the neighbours) would prevent it; it
-  is NOT implemented. Against a malicious receiver this module only guarantees that at
-  least two neighbours stay in the sum of a completed reveal (``MIN_REMAINING``).
-* Neighbourhoods smaller than ``MIN_NEIGHBOURS = 3`` are refused: with one neighbour
-  the sum is its model; with two, one colluding neighbour (or one dropout) hands the
-  receiver the other's model.
-* Colluding neighbours: ``i`` together with ``c`` colluding neighbours learns the sum of
-  the other ``|N(i)| - c`` models, never less than a sum.
-* Senders are not checked: a malicious sender can add anything to the sum, so robust
-  aggregators (median, Krum, trimmed mean, clipped gossip) cannot be combined with it.
+complement, arithmetic mod 2**64). Resolution 2**-32. Every weighted value is clipped
+to ``|v| <= 2**30 / |N(i)|``, so the true sum never wraps.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -57,8 +45,10 @@ import numpy as np
 from p2pfl.aggregation.base import Aggregator, mix
 from p2pfl.errors import NodeError, WireError
 from p2pfl.learning.learner import Weights
-from p2pfl.privacy.secagg_exchange import MASKED, MIN_REMAINING, RevealCollector, SecureExchange
-from p2pfl.privacy.secagg_keys import SecAggKeys, generate_keys, prg
+from p2pfl.privacy import shamir
+from p2pfl.privacy.secagg_exchange import MASKED, SecureExchange
+from p2pfl.privacy.secagg_keys import EphemeralKey, SecAggKeys, generate_keys, prg, share_aad
+from p2pfl.privacy.secagg_state import Bundle
 from p2pfl.topology.schedule import GossipSchedule, RoundPlan
 from p2pfl.wire import Kind, ModelSchema, TensorSpec
 
@@ -69,7 +59,7 @@ __all__ = [
     "FRACTION_BITS",
     "MASKED",
     "MIN_NEIGHBOURS",
-    "RevealCollector",
+    "Bundle",
     "SecAggKeys",
     "SecureAggregation",
     "SecureExchange",
@@ -80,12 +70,18 @@ __all__ = [
     "encode_fixed",
     "generate_keys",
     "prg",
+    "threshold",
     "value_bound",
 ]
 
 FRACTION_BITS = 32
 SCALE = float(2**FRACTION_BITS)
 MIN_NEIGHBOURS = 3  # smallest neighbourhood that keeps a sum a sum after one dropout
+
+
+def threshold(neighbours: int) -> int:
+    """``t``: present neighbours and signatures a receiver needs (a strict majority)."""
+    return neighbours // 2 + 1
 
 
 def value_bound(neighbours: int) -> float:
@@ -111,7 +107,6 @@ def decode_fixed(fixed: np.ndarray) -> np.ndarray:
     return fixed.view(np.int64).astype(np.float64) / SCALE
 
 
-
 def check_neighbourhood(plan: RoundPlan) -> tuple[str, ...]:
     """The neighbourhood of ``plan``'s node; raises NodeError if it is under 3."""
     neighbours = plan.expect_from
@@ -130,6 +125,11 @@ def check_schedule(schedule: GossipSchedule, names: Iterable[str], round_: int =
         check_neighbourhood(schedule.plan(name, round_))
 
 
+def holder_index(neighbours: Iterable[str], holder: str) -> int:
+    """A holder's Shamir x coordinate: its place among the receiver's neighbours, from 1."""
+    return sorted(neighbours).index(holder) + 1
+
+
 @dataclass(frozen=True)
 class SecureSum:
     """What a receiver recovered in one round: the unmasked fixed-point sum of the
@@ -141,22 +141,25 @@ class SecureSum:
 
 
 class SecureAggregation:
-    """One node's part in secure aggregation, as a sender, a revealer and a receiver.
+    """One node's part in secure aggregation, as a sender, a helper and a receiver.
+
+    Each instance is one run: it generates the run's ephemeral key (a restarted node, or
+    a second run with the same long-term keys, masks with other keys).
 
     Args:
-        keys: this node's key and the members' public keys.
+        keys: this node's identity and the members' signing public keys.
         masking: ``False`` sends the fixed-point values without masks. For tests only:
-            they show that the privacy check fails without masking.
+            they show that the privacy checks fail without masking.
     """
 
     def __init__(self, keys: SecAggKeys, *, masking: bool = True) -> None:
         self.keys = keys
         self.name = keys.name
         self.masking = masking
+        self.ephemeral = EphemeralKey(keys)
         self._layout: list[tuple[str, TensorSpec]] = []
         self._size = 0
-        self._dropped: dict[int, set[str]] = {}  # round -> neighbours whose masks we asked for
-        self._sent: dict[int, set[str]] = {}  # round -> receivers we sent a masked model to
+        self._dropped: dict[int, set[str]] = {}  # round -> neighbours declared dropped
         self._encoded: tuple[tuple[int, float, int], np.ndarray, np.ndarray] | None = None
         self._scratch = np.empty(0, dtype=np.uint64)
 
@@ -208,24 +211,28 @@ class SecureAggregation:
 
     # -- sender ----------------------------------------------------------------------------
 
-    def _masks(self, receiver: str, round_: int, others: Iterable[str], acc: np.ndarray | None = None) -> np.ndarray:
-        """``acc`` (zeros if None) plus, over ``others``, sign(self, k) * PRG(s_self,k,
-        round, receiver), mod 2**64, in place."""
+    def _pairwise(self, receiver: str, round_: int, others: Iterable[str], bundle: Bundle,
+                  acc: np.ndarray | None = None) -> np.ndarray:
+        """``acc`` (zeros if None) plus, over ``others``, sign(self, k) PRG(s_self,k, round,
+        receiver), mod 2**64, in place."""
         if acc is None:
             acc = np.zeros(self._size, dtype=np.uint64)
         if not self.masking:
             return acc
-        scratch = self._scratch
         for other in others:
-            mask = prg(self.keys.seed(other), round_, receiver, self._size, scratch)
+            seed = self.ephemeral.mask_seed(other, bundle.keys[other])
+            mask = prg(seed, round_, receiver, self._size, self._scratch)
             if self.name < other:
                 acc += mask
             else:
                 acc -= mask
         return acc
 
-    def masked_for(self, receiver_plan: RoundPlan, round_: int, flat: np.ndarray) -> np.ndarray:
-        """This node's masked, weighted model for the receiver whose plan is given."""
+    def masked_for(
+        self, receiver_plan: RoundPlan, round_: int, flat: np.ndarray, bundle: Bundle
+    ) -> tuple[np.ndarray, dict[str, bytes]]:
+        """This node's double-masked, weighted model for the receiver whose plan is given,
+        and its self-mask seed's shares, encrypted to each holder (by holder name)."""
         receiver = receiver_plan.node
         neighbours = check_neighbourhood(receiver_plan)
         if self.name not in neighbours:
@@ -236,33 +243,41 @@ class SecureAggregation:
             encoded = encode_fixed(flat, value_bound(len(neighbours)), receiver_plan.weights[self.name])
             self._encoded = (key, flat, encoded)
         payload = self._encoded[2].copy()
-        self._masks(receiver, round_, (k for k in neighbours if k != self.name), payload)
-        self._sent.setdefault(round_, set()).add(receiver)
-        for old in [r for r in self._sent if r < round_ - 8]:
-            del self._sent[old]
-        return payload
-
-    def reveal_for(self, receiver_plan: RoundPlan, round_: int, dropped: Iterable[str]) -> np.ndarray:
-        """This node's masks with ``dropped`` for the receiver, so it can remove them.
-
-        Raises:
-            WireError: ``reveal_refused`` when the request is not one an honest receiver
-                sends (we sent it nothing that round, a named peer is not its neighbour,
-                we are named ourselves) or would leave fewer than two models in its sum.
-        """
-        receiver = receiver_plan.node
-        neighbours = set(receiver_plan.expect_from)
-        gone = set(dropped)
-        if receiver not in self._sent.get(round_, ()):
-            raise WireError("reveal_refused", f"{receiver} asks for masks of round {round_}; we sent it none")
-        if not gone or self.name in gone or not gone <= neighbours:
-            raise WireError("reveal_refused", f"{receiver} asks for masks with {sorted(gone)}: not dropped neighbours")
-        if len(neighbours - gone) < MIN_REMAINING:
-            raise WireError(
-                "reveal_refused",
-                f"{receiver} asks for masks with {sorted(gone)}: fewer than {MIN_REMAINING} models would stay in its sum",
+        others = [k for k in neighbours if k != self.name]
+        seed = os.urandom(shamir.SECRET_BYTES)  # fresh per (receiver, round): never reused
+        if self.masking:
+            payload += prg(seed, round_, receiver, self._size, self._scratch)
+        self._pairwise(receiver, round_, others, bundle, payload)
+        shares = shamir.split(seed, (holder_index(neighbours, k) for k in others), threshold(len(neighbours)) - 1)
+        sealed = {
+            k: self.ephemeral.encrypt(
+                k, bundle.keys[k], shares[holder_index(neighbours, k)],
+                share_aad(receiver, round_, self.name, k, bundle.digest),
             )
-        return self._masks(receiver, round_, sorted(gone))
+            for k in others
+        }
+        return payload, sealed
+
+    # -- helper (a neighbour of a receiver that unmasks) -----------------------------------
+
+    def pairwise_reveal(self, receiver: str, round_: int, dropped: Iterable[str], bundle: Bundle) -> np.ndarray:
+        """This node's pairwise masks with ``dropped`` in its model for the receiver."""
+        return self._pairwise(receiver, round_, sorted(dropped), bundle)
+
+    def open_shares(
+        self, receiver: str, round_: int, bundle: Bundle, sealed: Mapping[str, bytes]
+    ) -> dict[str, bytes]:
+        """Decrypt the self-mask shares senders sealed for this node; a share that does not
+        open for its slot (altered, replayed, another round's) is left out."""
+        opened = {}
+        for sender, blob in sealed.items():
+            if sender == self.name or sender not in bundle.keys:
+                continue
+            aad = share_aad(receiver, round_, sender, self.name, bundle.digest)
+            share = self.ephemeral.decrypt(sender, bundle.keys[sender], blob, aad)
+            if share is not None:
+                opened[sender] = share
+        return opened
 
     # -- receiver --------------------------------------------------------------------------
 
@@ -279,21 +294,44 @@ class SecureAggregation:
 
     def unmask(
         self,
+        plan: RoundPlan,
+        round_: int,
         masked: Mapping[str, np.ndarray],
-        reveals: Mapping[str, np.ndarray],
-        dropped: Iterable[str],
-    ) -> SecureSum:
-        """The sum of the present neighbours' masked models minus their reveals."""
+        shares: Mapping[str, Mapping[str, bytes]],
+        pairwise: Mapping[str, np.ndarray],
+    ) -> SecureSum | None:
+        """The sum of the present neighbours' weighted models, or None if it cannot be had.
+
+        Args:
+            plan: the receiver's plan; ``masked`` holds the present neighbours' models.
+            shares: by holder, the self-mask shares it revealed, by sender.
+            pairwise: by present neighbour, its revealed masks with the dropped ones
+                (needed from every present one when some are dropped).
+        """
         present = tuple(sorted(masked))
-        total = None
-        if present:
-            total = masked[present[0]].copy()
-            for peer in present[1:]:
-                total += masked[peer]
-            for peer in present:
-                if peer in reveals:
-                    total -= reveals[peer]
-        return SecureSum(total=total, present=present, dropped=tuple(sorted(dropped)))
+        neighbours = plan.expect_from
+        dropped = tuple(p for p in neighbours if p not in masked)
+        if not present:
+            return SecureSum(total=None, present=(), dropped=dropped)
+        need = threshold(len(neighbours)) - 1
+        total = masked[present[0]].copy()
+        for peer in present[1:]:
+            total += masked[peer]
+        for peer in present:
+            points = {holder_index(neighbours, h): got[peer] for h, got in shares.items() if h != peer and peer in got}
+            if len(points) < need:
+                return None
+            try:
+                seed = shamir.combine(dict(sorted(points.items())[:need]))
+            except WireError:
+                return None
+            if self.masking:
+                total -= prg(seed, round_, plan.node, self._size, self._scratch)
+            if dropped:
+                if peer not in pairwise:
+                    return None
+                total -= pairwise[peer]
+        return SecureSum(total=total, present=present, dropped=dropped)
 
     def combine(self, own: Mapping[str, np.ndarray], secure_sum: SecureSum, weights: Mapping[str, float]) -> Weights:
         """``(W_ii x_i + sum_present W_ij x_j) / (W_ii + sum_present W_ij)``: the plain

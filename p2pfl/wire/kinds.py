@@ -25,12 +25,30 @@ class Kind(StrEnum):
     SYNC = "sync"
     #: secure aggregation (p2pfl.privacy.secagg): a weighted model in masked fixed point
     MASKED_MODEL = "masked-model"
-    #: secure aggregation: a receiver names dropped neighbours (``meta.dropped``)
+    #: secure aggregation: a receiver forwards its neighbours' endorsements of its dropout
+    #: set and asks for the masks (``meta.endorsements``)
     REVEAL_REQUEST = "reveal-request"
-    #: secure aggregation: a neighbour's masks with those, to remove from the sum
+    #: secure aggregation: a neighbour's pairwise masks with the dropped ones (tensor)
+    #: and its self-mask shares of the present ones (``meta.shares``)
     REVEAL = "reveal"
+    #: secure aggregation: a sender's signed per-run ephemeral key (``meta.key``, ``meta.sig``)
+    SECAGG_KEY = "secagg-key"
+    #: secure aggregation: a receiver relays its neighbours' signed keys (``meta.keys``)
+    SECAGG_KEYS = "secagg-keys"
+    #: secure aggregation: a receiver's signed dropout set and the shares it carries
+    SECAGG_SET = "secagg-set"
+    #: secure aggregation: a neighbour's endorsement of that set, one MAC tag for each other
+    #: neighbour (``meta.tags``)
+    SECAGG_ENDORSEMENT = "secagg-endorsement"
+    #: secure aggregation: a reveal when nobody dropped: self-mask shares only
+    REVEAL_SHARES = "reveal-shares"
 
 
+#: Secure aggregation's control kinds: exchanges without it refuse them.
+SECAGG_CONTROL_KINDS = frozenset({
+    Kind.REVEAL_REQUEST, Kind.REVEAL, Kind.SECAGG_KEY, Kind.SECAGG_KEYS, Kind.SECAGG_SET,
+    Kind.SECAGG_ENDORSEMENT, Kind.REVEAL_SHARES,
+})
 #: Every kind; members hash and compare as their wire strings, so ``"model" in KINDS`` holds.
 KINDS = frozenset(Kind)
 #: Kinds that carry tensors: checked against the local model's schema, or against the

@@ -74,7 +74,8 @@ async def test_a_node_crashing_mid_run_is_unmasked_away_and_the_run_completes():
 
 
 async def test_a_late_model_from_a_dropped_neighbour_is_refused():
-    """Nodes 0-2 of a complete graph of 4 run a round without 3; 3's model then arrives."""
+    """Nodes 0-2 of a complete graph of 4 run a round without 3 (which only advertised its
+    ephemeral key, from a raw socket); 3's model then arrives."""
     context = zmq.asyncio.Context()
     schedule = StaticSchedule(build_topology("complete", 4))
     keys = generate_keys(["0", "1", "2", "3"])
@@ -85,6 +86,9 @@ async def test_a_late_model_from_a_dropped_neighbour_is_refused():
         )
         for i in range(3)
     ]
+    late = SecureAggregation(keys["3"])
+    late.bind(wire.schema_of(tiny_learner(3).get_weights()))
+    sockets = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             for node in nodes:
@@ -93,19 +97,24 @@ async def test_a_late_model_from_a_dropped_neighbour_is_refused():
                 for peer in nodes:
                     if peer is not node:
                         node.add_peer(peer.name, peer.endpoint)
+                sock = context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(node.endpoint)
+                sockets.append(sock)
+                advert = {"key": late.ephemeral.public, "sig": late.ephemeral.signature}
+                await sock.send_multipart(wire.encode(kind="secagg-key", sender="3", round=0, samples=0,
+                                                      tensors={}, meta=advert))
+                await node.wait_until(lambda stats: stats.messages_accepted >= 1, timeout=5.0)
             metrics = await asyncio.gather(*(node.run() for node in nodes))
             assert all(m[0].missing == ("3",) and len(m[0].received_from) == 2 for m in metrics)
-            late = SecureAggregation(keys["3"])
-            late.bind(wire.schema_of(tiny_learner(3).get_weights()))
-            payload = late.masked_for(schedule.plan("0", 0), 0, late.flatten(tiny_learner(3).get_weights()))
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(nodes[0].endpoint)
-            frames = wire.encode(kind="masked-model", sender="3", round=0, samples=1, tensors={"masked": payload})
-            await sock.send_multipart(frames)
+            payload = late.flatten(tiny_learner(3).get_weights()).astype(np.uint64)  # arrives too late anyway
+            frames = wire.encode(kind="masked-model", sender="3", round=0, samples=1, tensors={"masked": payload},
+                                 meta={"digest": bytes(32), "shares": {}})
+            await sockets[0].send_multipart(frames)
             await nodes[0].wait_until(lambda stats: stats.rejected["dropped_late"] == 1, timeout=5.0)
-            sock.close(linger=0)
     finally:
+        for sock in sockets:
+            sock.close(linger=0)
         context.term()
 
 

@@ -19,6 +19,7 @@ from p2pfl.node.gossip_async import ASYNC_META, AsyncGossip
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.topology.schedule import RoundPlan
 from p2pfl.wire import Kind, Message
+from p2pfl.wire.kinds import SECAGG_CONTROL_KINDS
 
 NAMES = ("a", "b", "c", "d")
 SHAPE = (3, 5)
@@ -150,7 +151,7 @@ def test_plain_gossip_refuses_secure_aggregation_kinds() -> None:
         with pytest.raises(WireError) as refused:
             exchange.admit(masked)
         assert refused.value.reason == "secagg_off"
-        for kind in (Kind.REVEAL_REQUEST, Kind.REVEAL):
+        for kind in SECAGG_CONTROL_KINDS:
             with pytest.raises(WireError, match="secure aggregation is off"):
                 exchange.handlers()[kind](Message(kind=kind, sender="b", round=0, samples=0, tensors={}))
 
@@ -179,83 +180,8 @@ async def test_async_gossip_merges_what_arrived_without_waiting() -> None:
     exchange.offer(Message(kind=Kind.MODEL, sender="b", round=0, samples=1, tensors=weights["b"], meta=ASYNC_META))
 
 
-def secure_net(seed: int, down: Sequence[str] = (), round_timeout: float = 10.0) -> tuple[FakeNet, dict[str, FakeLink]]:
-    from p2pfl.privacy.secagg import SecureAggregation, generate_keys
-
-    net = FakeNet(TableSchedule(seed), down=down)
-    keys = generate_keys(NAMES)
-    links = {name: FakeLink(name, net, round_timeout) for name in NAMES}
-    schema = wire.schema_of(models()["a"])
-    net.exchanges = {
-        name: SecureAggregation(keys[name]).build_exchange(links[name], mode="sync", aggregator=mix, schema=schema)
-        for name in NAMES
-    }
-    return net, links
-
-
-async def test_secure_exchange_gives_the_weighted_mean_from_masked_models_only() -> None:
-    pytest.importorskip("cryptography")
-    net, links = secure_net(seed=7)
-    weights = models(seed=8)
-    results = await run_all(net, weights)
-    for name, result in results.items():
-        plan = net.schedule.plan(name, 0)
-        assert result.received_from == plan.expect_from and result.missing == ()
-        np.testing.assert_allclose(result.aggregate()["w"], weighted_mean(plan, weights, plan.expect_from), atol=1e-6)
-        # one masked model per receiver, nothing in the clear, no reveal needed
-        assert links[name].sent == [((peer,), Kind.MASKED_MODEL, False) for peer in plan.send_to]
-    assert net.refused == []
-
-
-async def test_secure_exchange_reveals_a_dropped_neighbours_masks_and_refuses_its_late_model() -> None:
-    pytest.importorskip("cryptography")
-    net, links = secure_net(seed=9, down=["d"], round_timeout=0.2)
-    weights = models(seed=10)
-    results = await run_all(net, weights)
-    for name, result in results.items():
-        plan = net.schedule.plan(name, 0)
-        present = tuple(p for p in plan.expect_from if p != "d")
-        assert result.missing == ("d",) and result.received_from == present
-        np.testing.assert_allclose(result.aggregate()["w"], weighted_mean(plan, weights, present), atol=1e-6)
-        asked = [(peers, kind) for peers, kind, control in links[name].sent if control]
-        assert (present, Kind.REVEAL_REQUEST) in asked
-    assert net.refused == []
-    late = Message(kind=Kind.MASKED_MODEL, sender="d", round=0, samples=1, tensors={})
-    with pytest.raises(WireError) as refused:
-        net.exchanges["a"].admit(late)
-    assert refused.value.reason == "dropped_late"
-
-
-def test_secure_exchange_refuses_plain_models_and_unasked_reveals() -> None:
-    pytest.importorskip("cryptography")
-    net, _ = secure_net(seed=11)
-    exchange = net.exchanges["a"]
-    with pytest.raises(WireError) as plain:
-        exchange.admit(Message(kind=Kind.MODEL, sender="b", round=0, samples=1, tensors={}))
-    assert plain.value.reason == "secagg_plain"
-    with pytest.raises(WireError) as unasked:
-        exchange.handlers()[Kind.REVEAL](Message(kind=Kind.REVEAL, sender="b", round=0, samples=0, tensors={}))
-    assert unasked.value.reason == "unexpected_reveal"
-    with pytest.raises(WireError) as refused:  # nothing was sent to "b" this round: no masks to reveal
-        exchange.handlers()[Kind.REVEAL_REQUEST](
-            Message(kind=Kind.REVEAL_REQUEST, sender="b", round=0, samples=0, tensors={}, meta={"dropped": ["c"]})
-        )
-    assert refused.value.reason == "reveal_refused"
-
-
-def test_secure_aggregation_builds_only_a_synchronous_mean_exchange() -> None:
-    pytest.importorskip("cryptography")
-    from p2pfl.aggregation import CoordinateMedian
-    from p2pfl.errors import NodeError
-    from p2pfl.privacy.secagg import SecureAggregation, generate_keys
-
-    secure = SecureAggregation(generate_keys(NAMES)["a"])
-    link = FakeLink("a", FakeNet(TableSchedule()), 1.0)
-    schema = wire.schema_of(models()["a"])
-    with pytest.raises(NodeError, match="round barrier"):
-        secure.build_exchange(link, mode="async", aggregator=mix, schema=schema)
-    with pytest.raises(NodeError, match="robust aggregators"):
-        secure.build_exchange(link, mode="sync", aggregator=CoordinateMedian(), schema=schema)
+# Secure aggregation's exchange is driven in tests/unit/test_secagg_protocol.py (honest
+# rounds, dropouts) and tests/unit/test_secagg_attacks.py (a deviating receiver).
 
 
 async def test_arrivals_wait_until_every_expected_sender_or_the_deadline() -> None:

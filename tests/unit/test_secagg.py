@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from p2pfl.errors import ConfigError, NodeError, WireError
-from p2pfl.node.mixing import mix
+from p2pfl.privacy import shamir
 from p2pfl.privacy.secagg import (
     FRACTION_BITS,
     SecAggKeys,
@@ -16,6 +16,7 @@ from p2pfl.privacy.secagg import (
     generate_keys,
     value_bound,
 )
+from p2pfl.privacy.secagg_state import Bundle
 from p2pfl.security import generate_keypair
 from p2pfl.topology.schedule import RoundPlan
 from p2pfl.wire import TensorSpec
@@ -26,7 +27,8 @@ SCHEMA = {"w": TensorSpec("float32", (SIZE // 64, 64))}
 
 
 def neighbourhood(n: int, seed: int = 0, *, masking: bool = True):
-    """Receiver "r" with neighbours "n0".."n{n-1}" and random public mixing weights."""
+    """Receiver "r" with neighbours "n0".."n{n-1}", random public mixing weights, and the
+    key bundle "r" relays (every neighbour's ephemeral key)."""
     rng = np.random.default_rng(seed)
     names = [f"n{k}" for k in range(n)]
     raw = rng.random(n + 1) + 0.1
@@ -36,42 +38,19 @@ def neighbourhood(n: int, seed: int = 0, *, masking: bool = True):
     members = {name: SecureAggregation(keys[name], masking=masking) for name in ["r", *names]}
     for member in members.values():
         member.bind(SCHEMA)
+    bundle = Bundle.of("r", {name: members[name].ephemeral.public for name in names})
     models = {name: rng.normal(0, 3, SIZE) for name in names}
-    return plan, members, models
+    return plan, members, models, bundle
 
 
-def plain_sum(plan, models, present):
-    return sum(plan.weights[p] * models[p] for p in present)
-
-
-@pytest.mark.parametrize("n", [3, 4, 7])
-@pytest.mark.parametrize("round_", [0, 5])
-def test_masks_cancel_exactly_and_the_sum_is_the_plain_weighted_sum(n, round_):
-    plan, members, models = neighbourhood(n, seed=n + round_)
-    masked = {name: members[name].masked_for(plan, round_, models[name]) for name in models}
-    receiver = members["r"]
-    result = receiver.unmask(masked, {}, ())
-    assert result.present == tuple(sorted(models))
-    expected = plain_sum(plan, models, models)
-    np.testing.assert_allclose(decode_fixed(result.total), expected, rtol=0, atol=n * RESOLUTION)
-    # and the node's mix equals the plain mix of the same models
-    own = {"w": np.random.default_rng(1).normal(size=SIZE).astype(np.float32).reshape(SIZE // 64, 64)}
-    secure_mix = receiver.combine(own, result, plan.weights)
-    received = {p: {"w": models[p].astype(np.float32).reshape(SIZE // 64, 64)} for p in models}
-    plain_mix = mix("r", own, received, plan.weights)
-    np.testing.assert_allclose(secure_mix["w"], plain_mix["w"], rtol=0, atol=1e-6)
-    assert secure_mix["w"].dtype == np.float32
-
-
-def test_both_ends_of_a_pair_derive_the_same_seed_and_curve_keys_work():
-    a, b = generate_keypair(), generate_keypair()
-    publics = {"a": a.public, "b": b.public}
-    ka = SecAggKeys.from_curve("a", a.secret, publics.get)
-    kb = SecAggKeys.from_curve("b", b.secret, publics.get)
-    assert ka.seed("b") == kb.seed("a")
-    assert len(ka.seed("b")) == 32
-    with pytest.raises(NodeError, match="no public key"):
-        ka.seed("c")
+def test_a_deployed_members_identity_derives_from_its_curve_key():
+    pair = generate_keypair()
+    a = SecAggKeys.from_curve("a", pair.secret, {}.get)
+    b = SecAggKeys.from_curve("a", pair.secret, {}.get)
+    assert a.identity.public == b.identity.public  # the same identity on every start ...
+    assert SecureAggregation(a).ephemeral.public != SecureAggregation(b).ephemeral.public  # ... fresh run keys
+    assert not a.verify("a", b"x", a.sign(b"x"))  # a member not in the consortium file is trusted by nobody
+    assert SecAggKeys("b", a.identity, {"a": a.identity.public}.get).verify("a", b"x", a.sign(b"x"))
 
 
 def test_fixed_point_round_trip_and_clip():
@@ -98,12 +77,12 @@ def looks_random(payload: np.ndarray, model: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("masking", [True, False], ids=["masked", "unmasked"])
 def test_what_a_receiver_gets_from_one_neighbour_is_independent_of_its_model(masking):
-    plan, members, _ = neighbourhood(4, seed=7, masking=masking)
+    plan, members, _, bundle = neighbourhood(4, seed=7, masking=masking)
     rng = np.random.default_rng(3)
     small = rng.normal(0.0, 0.01, SIZE)
     large = rng.normal(50.0, 20.0, SIZE)  # a very different model
     sender = members["n1"]
-    payloads = [sender.masked_for(plan, round_, model) for round_, model in ((1, small), (2, large))]
+    payloads = [sender.masked_for(plan, round_, model, bundle)[0] for round_, model in ((1, small), (2, large))]
     verdicts = [looks_random(p, m) for p, m in zip(payloads, (small, large), strict=True)]
     # indistinguishable: the payloads' statistics agree whatever the model
     bit_means = [np.unpackbits(p.view(np.uint8)).mean() for p in payloads]
@@ -114,57 +93,29 @@ def test_what_a_receiver_gets_from_one_neighbour_is_independent_of_its_model(mas
         assert not any(verdicts) and not same_statistics
 
 
-def test_dropout_of_one_neighbour_still_yields_the_sum_of_the_rest():
-    plan, members, models = neighbourhood(5, seed=11)
-    round_ = 3
-    masked = {name: members[name].masked_for(plan, round_, models[name]) for name in models}
-    dropped = {"n2"}
-    del masked["n2"]  # its model never arrived
-    receiver = members["r"]
-    receiver.mark_dropped(round_, dropped)
-    reveals = {p: members[p].reveal_for(plan, round_, sorted(dropped)) for p in masked}
-    result = receiver.unmask(masked, reveals, dropped)
-    np.testing.assert_allclose(decode_fixed(result.total), plain_sum(plan, models, masked), rtol=0, atol=5 * RESOLUTION)
-    # without the reveals the sum is garbage
-    garbage = receiver.unmask(masked, {}, dropped)
-    assert np.abs(decode_fixed(garbage.total) - plain_sum(plan, models, masked)).max() > 1.0
-    # a late model from the dropped neighbour is refused for that round, not the next
-    with pytest.raises(WireError) as refused:
-        receiver.check_not_dropped("n2", round_)
-    assert refused.value.reason == "dropped_late"
-    receiver.check_not_dropped("n2", round_ + 1)
-    receiver.check_not_dropped("n1", round_)
+def test_shares_open_only_for_their_holder_and_slot():
+    plan, members, models, bundle = neighbourhood(4, seed=5)
+    _, sealed = members["n0"].masked_for(plan, 3, models["n0"], bundle)
+    assert set(sealed) == {"n1", "n2", "n3"}
+    carried = {"n0": sealed["n1"]}  # what r carries to n1
+    assert set(members["n1"].open_shares("r", 3, bundle, carried)) == {"n0"}
+    assert members["n1"].open_shares("r", 4, bundle, carried) == {}  # another round's slot
+    assert members["n2"].open_shares("r", 3, bundle, {"n0": sealed["n1"]}) == {}  # n1's share, to n2
 
 
-def test_two_dropouts_and_a_repeated_reveal():
-    plan, members, models = neighbourhood(6, seed=12)
-    masked = {name: members[name].masked_for(plan, 0, models[name]) for name in models}
-    for gone in ("n0", "n4"):
-        del masked[gone]
-    reveals = {p: members[p].reveal_for(plan, 0, ["n0", "n4"]) for p in masked}
-    result = members["r"].unmask(masked, reveals, ["n0", "n4"])
-    np.testing.assert_allclose(decode_fixed(result.total), plain_sum(plan, models, masked), rtol=0, atol=6 * RESOLUTION)
-
-
-def test_reveals_that_would_expose_a_model_are_refused():
-    plan, members, models = neighbourhood(3, seed=13)
-    sender = members["n0"]
-    with pytest.raises(WireError, match="sent it none"):  # nothing sent to r in round 0 yet
-        sender.reveal_for(plan, 0, ["n1"])
-    sender.masked_for(plan, 0, models["n0"])
-    with pytest.raises(WireError, match="fewer than 2"):  # only n0 would stay in the sum
-        sender.reveal_for(plan, 0, ["n1", "n2"])
-    with pytest.raises(WireError, match="not dropped neighbours"):
-        sender.reveal_for(plan, 0, ["n0"])  # its own masks: would unmask itself
-    with pytest.raises(WireError, match="not dropped neighbours"):
-        sender.reveal_for(plan, 0, ["stranger"])
-    assert sender.reveal_for(plan, 0, ["n1"]).dtype == np.uint64
+def test_shamir_needs_the_threshold():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, [1, 2, 3, 4], threshold=3)
+    assert shamir.combine({x: shares[x] for x in (1, 3, 4)}) == secret
+    assert shamir.combine({x: shares[x] for x in (2, 3, 4)}) == secret
+    with pytest.raises(WireError, match="do not combine"):  # two points: (almost surely) no 32-byte seed
+        shamir.combine({x: shares[x] for x in (1, 2)})
 
 
 def test_neighbourhood_smaller_than_three_is_refused():
-    plan, members, models = neighbourhood(2, seed=1)
+    plan, members, models, bundle = neighbourhood(2, seed=1)
     with pytest.raises(NodeError, match="at least 3 neighbours"):
-        members["n0"].masked_for(plan, 0, models["n0"])
+        members["n0"].masked_for(plan, 0, models["n0"], bundle)
 
 
 def test_config_refuses_small_neighbourhoods_and_robust_aggregators():
@@ -199,10 +150,11 @@ def test_node_refuses_a_robust_aggregator_with_secure_aggregation():
         context.term()
 
 
-def test_a_deployed_node_keys_its_masks_with_its_curve_key_and_the_allow_list(tmp_path):
+def test_a_deployed_node_signs_with_its_curve_derived_identity_and_checks_the_consortium_keys(tmp_path):
     from p2pfl.deploy.config import OrgNodeConfig
     from p2pfl.deploy.runner import Membership, _secure_aggregation
     from p2pfl.security import AllowList, read_secret_key, write_keypair
+    from p2pfl.security.identity import identity_from_curve
     from p2pfl.topology import StaticSchedule, build_topology
 
     names = ["0", "1", "2", "3"]
@@ -218,10 +170,12 @@ def test_a_deployed_node_keys_its_masks_with_its_curve_key_and_the_allow_list(tm
         )
         membership = Membership(StaticSchedule(build_topology(topology, 4)), {}, None, None, "c")
         keypair = read_secret_key(tmp_path / config.secret_key)  # as _link_security reads it
-        return _secure_aggregation(config, membership, allowlist, keypair, 0)
+        return _secure_aggregation(config, membership, allowlist, keypair, 0, signing_keys.get)
 
+    signing_keys = {name: identity_from_curve(name, pair.secret).public for name, pair in pairs.items()}
     a, b = secure_for("0"), secure_for("1")
-    assert a.keys.seed("1") == b.keys.seed("0")
+    assert a.keys.verify("1", b"statement", b.keys.sign(b"statement"))
+    assert a.ephemeral.public != secure_for("0").ephemeral.public  # a fresh ephemeral key per start
     with pytest.raises(ConfigError, match="at least 3"):
         secure_for("0", "ring")
     with pytest.raises(ConfigError, match="secure_aggregation"):
