@@ -1,5 +1,5 @@
 # The two commands from the README do their own set-up:
-#   make simulate   -> the default 16-node simulation (results in runs/default)
+#   make simulate   -> the default 16-node simulation (results in runs/default, replaced on a rerun)
 #   make test       -> the whole test suite
 #   make test-fast  -> the suite without the tests marked slow (multi-process runs, whole simulations)
 PYTHON ?= python3
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 simulate: $(STAMP)
-	$(BIN)/p2pfl simulate --out runs/default
+	$(BIN)/p2pfl simulate --out runs/default --overwrite
 	$(BIN)/p2pfl report runs/default
 
 test: $(STAMP)

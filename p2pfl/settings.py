@@ -271,12 +271,16 @@ _ALL = [
     _S("slowdown", float, 1.0, "how many times slower the slow nodes' steps are", ge=1),
     _S("step_seconds", float, 0.0, "emulated step time of a normal node, so nodes behave as if on their own "
        "hardware", ge=0, note="0 = as fast as this machine"),
-    _S("fail", tuple[str, ...], (), "crash a node after a round: node=NAME,round=R (repeatable)"),
+    _S("fail", tuple[str, ...], (), "crash a node after a round: node=NAME,round=R (repeatable; a generated "
+       "topology names its nodes 0..N-1)"),
     _S("recover", tuple[str, ...], (), "restart a crashed node once the others finished a round: "
        "node=NAME,round=R (repeatable)"),
     _S("join", tuple[str, ...], (), "start a node late, afresh, once the others finished a round: "
        "node=NAME,round=R (repeatable)"),
-    _S("out", str | None, None, "output directory for metrics.jsonl and summary.json", shown="no files"),
+    _S("out", str | None, None, "output directory for metrics.jsonl, summary.json and models/; a folder "
+       "holding a run is refused unless --overwrite", shown="no files"),
+    _S("save_models", bool, True, "with out: save each node's final model and their average as plain "
+       "state_dicts, out/models/NODE.pt and out/models/average.pt"),
     # robustness and privacy
     _S("aggregator", str, "mean", "mean, median, trimmed-mean:B, krum:F, multi-krum:F,M or clipped-gossip[:TAU]"),
     _S("attack", str, "", "what the attackers do: sign-flip, scale[:K], noise[:SIGMA], nan, inf, stale or "

@@ -11,7 +11,16 @@ from typing import Any
 
 from p2pfl.cli._flags import add_setting_flags
 from p2pfl.config import config_from_mapping, load_toml, parse_overrides
+from p2pfl.errors import ConfigError
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.outputs import (
+    AVERAGE_MODEL,
+    METRICS_FILE,
+    MODELS_DIR,
+    SUMMARY_FILE,
+    clear_run,
+    previous_run,
+)
 
 
 def register(commands: Any) -> None:
@@ -24,6 +33,10 @@ def register(commands: Any) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key")
     parser.add_argument("--config", help="TOML experiment file (keys as the flags, with _)")
     add_setting_flags(parser, ExperimentConfig)  # every key, help and default from p2pfl.settings
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run already in --out DIR: its metrics, summary, models and plots are removed first",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
@@ -42,21 +55,44 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0
+    out = Path(config.out) if config.out else None
+    if out is not None and previous_run(out) and not args.overwrite:
+        raise ConfigError(
+            "out", f"{out} already holds a run ({', '.join(previous_run(out))}); pass --overwrite to "
+            "replace it, or give another folder",
+        )
     # imported only now: config errors and --print-config need no torch or zmq
     from p2pfl.simulation.recorder import make_out_dir
     from p2pfl.simulation.setup import build_experiment
     from p2pfl.simulation.simulator import run_simulation
 
-    # build first, so a bad topology, dataset or --out fails before a progress bar is drawn
-    experiment = build_experiment(config)
-    if config.out:
-        make_out_dir(Path(config.out))
-    bar = None if args.quiet else _progress_bar(config.rounds)
-    try:
-        result = run_simulation(config, progress=bar.update_round if bar else None, experiment=experiment)
-    finally:
+    bar: _progress_bar | None = None
+    started = False  # for the line printed on Ctrl-C: whether the run began, and how far it got
+    rounds_done = 0
+
+    def closed(summary: Any) -> None:
+        nonlocal rounds_done
+        rounds_done = summary.round + 1
         if bar is not None:
-            bar.close()
+            bar.update_round(summary)
+
+    try:
+        # build first, so a bad topology, dataset or --out fails before a progress bar is
+        # drawn, and before --overwrite removes the previous run
+        experiment = build_experiment(config)
+        if out is not None:
+            clear_run(out)  # its plots too: none of them may be left beside the new metrics
+            make_out_dir(out)
+        started = True
+        bar = None if args.quiet else _progress_bar(config.rounds)
+        try:
+            result = run_simulation(config, progress=closed, experiment=experiment)
+        finally:
+            if bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        print(f"p2pfl: {_what_was_kept(config, started, rounds_done)}", file=sys.stderr)
+        return 130
     summary = result.summary
     failed = f" ({len(summary['failed_nodes'])} failed)" if summary["failed_nodes"] else ""
     print(
@@ -67,9 +103,35 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary["messages_rejected"]:
         print(f"rejected messages: {summary['messages_rejected']}", file=sys.stderr)
-    if config.out:
-        print(f"wrote {config.out}/metrics.jsonl and {config.out}/summary.json")
+    if out is not None:
+        models = f" and {out / MODELS_DIR}/ (each node's model, {AVERAGE_MODEL}.pt)" if config.save_models else ""
+        print(f"wrote {out / METRICS_FILE}, {out / SUMMARY_FILE}{models}")
+    else:
+        print(NOTHING_SAVED, file=sys.stderr)
     return 0
+
+
+NOTHING_SAVED = "nothing saved: pass --out DIR to keep metrics, summary and models"
+
+
+def _what_was_kept(config: ExperimentConfig, started: bool, rounds_done: int) -> str:
+    """One line: how far an interrupted run got, what it left and where."""
+    if not started:
+        return "interrupted before the run started; nothing saved"
+    if not config.out:
+        return f"interrupted after {rounds_done} rounds; {NOTHING_SAVED}"
+    out = Path(config.out)
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):  # stopped before the nodes started: the run wrote no summary
+        return f"interrupted before the first round; nothing saved but an empty {out / METRICS_FILE}"
+    models = sorted((out / MODELS_DIR).glob("*.pt")) if config.save_models else []
+    nodes = sum(path.stem != AVERAGE_MODEL for path in models)
+    saved = f" and {nodes} node models with their average in {out / MODELS_DIR}/" if models else ""
+    return (
+        f"interrupted after {summary['rounds_completed']} of {summary['rounds']} rounds; kept "
+        f"{out / METRICS_FILE}, {out / SUMMARY_FILE} (\"interrupted\": true){saved}"
+    )
 
 
 class _progress_bar:

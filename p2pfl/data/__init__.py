@@ -4,6 +4,7 @@ Public API::
 
     load_dataset(name, *, seed=0, test_fraction=0.2, image=False) -> Dataset
     available_datasets() -> list[str]
+    check_dataset_spec(name) -> None
     partition(labels, num_nodes, spec, *, seed, min_samples=2) -> list[np.ndarray]
     parse_partition(spec) -> PartitionSpec
     label_counts(labels, parts, num_classes) -> np.ndarray
@@ -12,7 +13,7 @@ Public API::
 
 from __future__ import annotations
 
-from p2pfl.data.datasets import Dataset, available_datasets, load_dataset
+from p2pfl.data.datasets import Dataset, available_datasets, check_dataset_spec, load_dataset
 from p2pfl.data.partition import (
     PartitionSpec,
     format_label_counts,
@@ -25,6 +26,7 @@ __all__ = [
     "Dataset",
     "PartitionSpec",
     "available_datasets",
+    "check_dataset_spec",
     "format_label_counts",
     "label_counts",
     "load_dataset",

@@ -7,6 +7,7 @@ with features standardised by training statistics, ``float32`` features and
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,14 +148,33 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, image:
         if image:
             logger.debug("image=True has no effect on %s; samples keep the file's shape", name)
         return _from_raw(name, raw, seed=seed, test_fraction=test_fraction)
+    check_dataset_spec(name)  # an unknown name: raises with the valid ones
+    x, y, class_names = _BUILTIN[kind](image)
+    x_train, x_test, y_train, y_test = split_train_test(
+        x, y.astype(np.int64), test_fraction=test_fraction, seed=seed
+    )
+    return _finish(kind, x_train, y_train, x_test, y_test, class_names)
+
+
+def check_dataset_spec(name: str) -> None:
+    """Refuse a dataset spec that names no bundled dataset and no file form, without
+    reading anything (a config checks its dataset with this before loading it).
+
+    Raises:
+        DataError: for an unknown name (with the valid ones) or a bad ``csv:``/``npz:``
+            option.
+    """
+    kind, sep, rest = name.partition(":")
+    kind = kind.strip().lower()
+    if sep and kind in ("csv", "npz"):
+        parse_file_spec(kind, rest)
+        return
     if not sep and kind in _BUILTIN:
-        x, y, class_names = _BUILTIN[kind](image)
-        x_train, x_test, y_train, y_test = split_train_test(
-            x, y.astype(np.int64), test_fraction=test_fraction, seed=seed
-        )
-        return _finish(kind, x_train, y_train, x_test, y_test, class_names)
+        return
+    close = difflib.get_close_matches(kind, _BUILTIN, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close and not sep else ""
     raise DataError(
-        f"unknown dataset {name!r}; choose one of {available_datasets()}, or a user file as "
+        f"unknown dataset {name!r}{hint}; choose one of {available_datasets()}, or a user file as "
         f"{', '.join(_FILE_FORMS)} (CSV with a header row, the label column named 'label' or given "
         "with label=COLUMN; NPZ with arrays x, y or x_train, y_train, x_test, y_test)"
     )

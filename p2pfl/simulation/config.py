@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from p2pfl.errors import ConfigError
 from p2pfl.settings import DP_MODES, TRANSPORTS, setting, validate
@@ -58,10 +59,13 @@ class ExperimentConfig:
     delta: float = setting("delta")
     secure_aggregation: bool = setting("secure_aggregation")
     out: str | None = setting("out")
+    save_models: bool = setting("save_models")
 
     def __post_init__(self) -> None:
         validate(self)
-        # what the schema cannot check alone: each spec is parsed by the code that runs it
+        # what the schema cannot check alone: each spec is parsed by the code that runs it,
+        # here before anything is built or torch imported (errors name the key)
+        self._check_specs()
         if self.fail or self.recover or self.join:
             from p2pfl.simulation.churn import parse_joins, parse_outages
 
@@ -101,3 +105,30 @@ class ExperimentConfig:
                 f"{'CPU only' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}, "
                 f"{torch.cuda.device_count()} GPUs visible): use device = \"cpu\" or a CUDA build of torch",
             )
+
+    def _check_specs(self) -> None:
+        from p2pfl.data import check_dataset_spec, parse_partition
+        from p2pfl.errors import DataError, TopologyError
+        from p2pfl.learning.spec import check_model_spec
+        from p2pfl.simulation.outputs import out_dir_problem
+        from p2pfl.topology.files import looks_like_path
+        from p2pfl.topology.generators import check_generator_spec
+
+        # a spec keeps its error's kind (exit code), with the key in front
+        try:
+            if not looks_like_path(self.topology):
+                check_generator_spec(self.topology)
+            elif not Path(self.topology).is_file():
+                raise TopologyError(f"file not found: {self.topology}")
+        except TopologyError as exc:
+            raise TopologyError(f"topology: {exc}") from None
+        for key, check in (("dataset", check_dataset_spec), ("partition", parse_partition)):
+            try:
+                check(getattr(self, key))
+            except DataError as exc:
+                raise DataError(f"{key}: {exc}") from None
+        check_model_spec(self.model)
+        if self.out:
+            problem = out_dir_problem(self.out)
+            if problem is not None:
+                raise ConfigError("out", problem)

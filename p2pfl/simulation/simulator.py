@@ -29,6 +29,7 @@ from p2pfl.node.records import summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.outputs import SUMMARY_FILE, check_model_names, save_models
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
 from p2pfl.simulation.setup import Experiment, build_experiment, claimed_cpu, torch_threads
@@ -93,12 +94,16 @@ async def _simulate(
     experiment = experiment or build_experiment(config)
     names = experiment.names
     out_dir = Path(config.out) if config.out else None
+    if out_dir is not None and config.save_models:
+        check_model_names(names)  # before the run, not after it
     recorder = MetricsRecorder(names, out_dir, progress)
     started = time.perf_counter()
     context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
     # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
     executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
+    churn: Churn | None = None
+    interrupted = False
     try:
         with _endpoints(config.transport) as endpoint_for, torch_threads(config.torch_threads):
             make_node = _NodeFactory(config, experiment, context, executor, recorder)
@@ -125,17 +130,37 @@ async def _simulate(
                 with pinned_thread(cpu):
                     async with asyncio.TaskGroup() as group:
                         churn.start(group, nodes, spawn)
+    except asyncio.CancelledError:  # Ctrl-C (asyncio.Runner cancels the run): keep what it did
+        interrupted = True
+        raise
     finally:
         recorder.close()
         executor.shutdown(wait=True)
         context.term()
-    wall = time.perf_counter() - started
+        if interrupted and churn is not None:
+            _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=True)
+    assert churn is not None  # set before the first await; the run would have raised otherwise
+    return _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=False)
+
+
+def _keep_results(
+    config: ExperimentConfig, experiment: Experiment, recorder: MetricsRecorder, churn: Churn, wall: float,
+    *, interrupted: bool,
+) -> SimulationResult:
+    """The run's result; with ``out``, its models (if ``save_models``) and then
+    ``summary.json`` (written last: a run folder with a summary is complete)."""
     rejected: Counter[str] = Counter()
     for node in churn.nodes:
         rejected.update(node.stats.rejected)
-    summary = _summary(config, experiment, recorder, churn.nodes, wall, rejected, churn.failed)
-    if out_dir is not None:
-        (out_dir / "summary.json").write_text(summary_json(summary))
+    summary = _summary(config, experiment, recorder, churn.nodes, wall, rejected, churn.failed, interrupted)
+    if config.out:
+        out_dir = Path(config.out)
+        if config.save_models:
+            final = {name: recorder.final_weights[name] for name in experiment.names if name in recorder.final_weights}
+            # the average of the models that count: not the crashed nodes', not the attackers'
+            kept = [name for name in final if name not in churn.failed and name not in experiment.attackers]
+            save_models(out_dir, final, kept)
+        (out_dir / SUMMARY_FILE).write_text(summary_json(summary))
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
 
 
@@ -228,8 +253,12 @@ def _summary(
     wall: float,
     rejected: Counter[str],
     failed: list[str],
+    interrupted: bool = False,
 ) -> dict[str, Any]:
-    final_round = [row for row in recorder.rows if row["round"] == config.rounds - 1]
+    completed = _rounds_completed(nodes, [n for n in experiment.names if n not in failed])
+    # interrupted: the accuracies are those of the last round every node finished
+    last_round = completed - 1 if interrupted else config.rounds - 1
+    final_round = [row for row in recorder.rows if row["round"] == last_round]
     accuracies = [row["test_accuracy"] for row in final_round]
     # what the attackers' own models score says nothing about the defence: report both
     honest = [row["test_accuracy"] for row in final_round if row["node"] not in experiment.attackers]
@@ -238,7 +267,8 @@ def _summary(
         "nodes": experiment.topology.n,
         "rounds": config.rounds,
         "failed_nodes": failed,  # crashed and never came back
-        "rounds_completed": _rounds_completed(nodes, [n for n in experiment.names if n not in failed]),
+        "rounds_completed": completed,
+        "interrupted": interrupted,  # stopped by Ctrl-C: the rounds completed so far
         "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,

@@ -19,7 +19,7 @@ import numpy as np
 from p2pfl.errors import TopologyError
 from p2pfl.topology.spec import GeneratorSpec, normalise_name, parse_spec
 
-__all__ = ["GENERATORS", "generate", "generator_names", "resolve_generator"]
+__all__ = ["GENERATORS", "check_generator_spec", "generate", "generator_names", "resolve_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -313,6 +313,19 @@ def _bind(gen: Generator, parsed: GeneratorSpec, spec: str) -> dict[str, str]:
             )
         bound[key] = value
     return bound
+
+
+def check_generator_spec(spec: str) -> None:
+    """Refuse an unknown generator or parameter name without building a graph.
+
+    Parameter values and node counts are checked when the graph is built (they depend
+    on the node count).
+
+    Raises:
+        TopologyError: for an unknown generator (listing the valid ones) or parameter.
+    """
+    parsed = parse_spec(spec)
+    _bind(resolve_generator(parsed.name), parsed, spec)
 
 
 def generate(spec: str, nodes: int | None = None, seed: int = 0) -> nx.Graph:

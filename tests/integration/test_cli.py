@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,6 +129,8 @@ def test_simulate_summary_agrees_with_metrics(sims) -> None:
     # loopback gossip: everything sent is received
     assert summary["bytes_received_total"] == summary["bytes_sent_total"]
     assert summary["config"]["rounds"] == 3 and summary["config"]["local_steps"] == 4
+    assert summary["interrupted"] is False
+    assert sorted(p.name for p in (directory / "models").iterdir()) == ["0.pt", "1.pt", "2.pt", "3.pt", "average.pt"]
 
 
 @pytest.mark.slow  # waits for the simulation subprocesses
@@ -226,6 +230,42 @@ def test_expected_errors_exit_with_their_code_and_one_line(tmp_path, args, code,
     assert done.returncode == code, done.stderr
     assert needle in one_line_error(done)
     assert done.stdout == ""
+
+
+@pytest.mark.slow  # a simulation subprocess
+def test_ctrl_c_keeps_the_rounds_done_a_summary_and_the_models(tmp_path) -> None:
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+    # long enough never to finish on its own: 2000 rounds of at least 0.02 s each
+    process = subprocess.Popen(
+        [sys.executable, "-m", "p2pfl", "simulate", "--nodes", "4", "--rounds", "2000", "--local-steps", "1",
+         "--step-seconds", "0.02", "--quiet", "--out", str(out)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as a terminal sends it: a shell's background job would otherwise ignore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 4):  # round 0 of all 4 nodes
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert 1 <= summary["rounds_completed"] < 2000 and summary["rounds"] == 2000
+    assert 0 <= summary["mean_accuracy"] <= 1  # of the last round every node completed
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["0.pt", "1.pt", "2.pt", "3.pt", "average.pt"]
+    assert stdout == ""
+    assert stderr == (
+        f"p2pfl: interrupted after {summary['rounds_completed']} of 2000 rounds; kept {metrics}, "
+        f'{out / "summary.json"} ("interrupted": true) and 4 node models with their average in {out / "models"}/\n'
+    )
+    rounds = {row["round"] for row in read_rows(out)}
+    assert set(range(summary["rounds_completed"])) <= rounds
 
 
 # --------------------------------------------------------------------------- topology

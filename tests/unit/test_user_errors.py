@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -249,3 +251,147 @@ def test_report_ticks_whole_rounds_only(tmp_path: Path, monkeypatch) -> None:
     report.write_report(tmp_path)
     assert set(ticks) == {"accuracy.png", "consensus.png", "bytes.png"}
     assert all(float(t).is_integer() for values in ticks.values() for t in values), ticks
+
+
+# --- issue 16: runs that are kept, options, early checks ------------------------------
+
+TINY = ["simulate", "--nodes", "4", "--rounds", "1", "--local-steps", "1", "--quiet"]
+
+
+def _old_run(folder: Path) -> None:
+    """What an earlier run and its report left, and a file of the user's own."""
+    (folder / "models").mkdir(parents=True)
+    for name in ("metrics.jsonl", "summary.json", "accuracy.png", "bytes.png", "models/9.pt", "notes.png"):
+        (folder / name).write_text("old")
+
+
+def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    _old_run(run)
+    assert main([*TINY, "--out", str(run)]) == EXIT_CODES[ConfigError]
+    line = one_error_line(capsys)
+    assert line.startswith(f"p2pfl: error: out: {run} already holds a run (metrics.jsonl, summary.json)")
+    assert "--overwrite" in line
+    assert (run / "metrics.jsonl").read_text() == "old" and (run / "accuracy.png").exists()
+
+    assert main([*TINY, "--out", str(run), "--overwrite"]) == 0
+    # the old run's plots and models are gone, the user's file stays
+    assert not (run / "accuracy.png").exists() and not (run / "bytes.png").exists()
+    assert not (run / "models" / "9.pt").exists()
+    assert (run / "notes.png").read_text() == "old"
+    assert json.loads((run / "summary.json").read_text())["rounds_completed"] == 1
+
+
+def test_simulate_saves_each_model_and_their_average_as_plain_state_dicts(tmp_path: Path) -> None:
+    assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
+    models = tmp_path / "run" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["0.pt", "1.pt", "2.pt", "3.pt", "average.pt"]
+    states = [torch.load(models / f"{i}.pt", weights_only=True) for i in range(4)]
+    average = torch.load(models / "average.pt", weights_only=True)
+    model = make_model("mlp", (64,), 10)
+    model.load_state_dict(average)  # exactly the model's keys and shapes
+    for key, value in average.items():
+        assert torch.allclose(value, torch.stack([s[key] for s in states]).mean(0), atol=1e-6)
+
+    assert main([*TINY, "--out", str(tmp_path / "bare"), "--no-save-models"]) == 0
+    assert not (tmp_path / "bare" / "models").exists()
+
+
+def test_without_out_the_run_says_once_that_nothing_was_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "nothing saved: pass --out DIR to keep metrics, summary and models\n"
+    assert "accuracy mean" in captured.out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_log_level_is_checked_and_global_options_follow_the_command_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as loud:
+        main(["--log-level", "LOUD", "simulate", "--print-config"])
+    assert loud.value.code == 2
+    assert "invalid choice: 'LOUD' (choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')" in capsys.readouterr().err
+    assert main(["simulate", "--log-level", "info", "--print-config"]) == 0
+    assert main(["topology", "show", "ring", "--nodes", "4", "--log-level", "ERROR", "--json"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as version:
+        main(["simulate", "--version"])
+    assert version.value.code == 0
+    assert capsys.readouterr().out.startswith("p2pfl ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [
+        (["simulate", "--nodse", "3"], "(did you mean --nodes?)"),
+        (["data", "--seeed", "1"], "(did you mean --seed?)"),
+        (["topology", "show", "ring", "--ndoes", "4"], "(did you mean --nodes?)"),
+    ],
+)
+def test_a_misspelt_option_gets_the_closest_one(
+    argv: list[str], suggestion: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unrecognized arguments: " in last and last.endswith(suggestion), last
+
+
+def test_churn_help_and_reference_name_nodes_the_same_way() -> None:
+    from p2pfl.cli.main import build_parser
+
+    simulate = next(a for a in build_parser()._actions if a.dest == "command").choices["simulate"]
+    helps = {a.dest: a.help or "" for a in simulate._actions}
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "cli.md").read_text()
+    for key in ("fail", "recover", "join"):
+        assert "node=NAME,round=R" in helps[key]
+        assert f"`--{key} node=NAME,round=R`" in reference
+    assert "node=N," not in reference
+
+
+# A refused config must not cost the 4-9 s of importing torch: each check runs in a fresh
+# interpreter, which reports its exit code and whether torch got imported.
+_REFUSE = (
+    "import sys; from p2pfl.cli.main import main; code = main(sys.argv[1:]); "
+    "print(code, 'torch' in sys.modules)"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--partition", "dirichlet:0"], 4, "partition: dirichlet needs a concentration alpha > 0"),
+        (["--partition", "shards"], 4, "partition: 'shards' needs a parameter"),
+        (["--topology", "rong"], 3, "topology: unknown topology generator 'rong'"),
+        (["--topology", "torus:rows=4"], 3, "topology: torus: unknown parameter 'rows'"),
+        (["--topology", "missing.json"], 3, "topology: file not found: missing.json"),
+        (["--model", "mpl"], 2, "model: unknown model 'mpl' (did you mean 'mlp'?)"),
+        (["--dataset", "digts"], 4, "dataset: unknown dataset 'digts' (did you mean 'digits'?)"),
+        (["--aggregator", "krum:x"], 2, "aggregator: "),
+        (["--attack", "flip", "--attackers", "1"], 2, "attack: unknown attack 'flip'"),
+        (["--out", "taken/run"], 2, "out: cannot create taken/run: taken is a file"),
+        (["--print-config", "--partition", "dirichlet:0"], 4, "partition: "),
+        (["--print-config", "--model", "mpl"], 2, "model: "),
+    ],
+)
+def test_config_is_refused_before_torch_is_imported(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    (tmp_path / "taken").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSE, "simulate", "--quiet", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.stdout.split() == [str(code), "False"], done.stdout + done.stderr
+    assert done.stderr.startswith(f"p2pfl: error: {message}"), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_builtin_model_names_are_the_ones_the_config_accepts() -> None:
+    from p2pfl.learning.models import available_models
+    from p2pfl.learning.spec import BUILTIN_MODELS
+
+    assert available_models() == sorted(BUILTIN_MODELS)
