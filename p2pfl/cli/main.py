@@ -13,16 +13,19 @@ from p2pfl.errors import (
     DataError,
     NodeError,
     P2PFLError,
+    PeersGoneError,
     TopologyError,
     TransportError,
 )
 
 # Expected failures end with one line on stderr and a numbered exit code, not a traceback.
+# The first match wins: a subclass comes before its base.
 EXIT_CODES: dict[type[P2PFLError], int] = {
     ConfigError: 2,
     TopologyError: 3,
     DataError: 4,
     TransportError: 5,
+    PeersGoneError: 7,
     NodeError: 6,
 }
 
