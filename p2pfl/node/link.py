@@ -62,6 +62,7 @@ class NodeLink:
         #: this node's last round once it completed the run: its goodbye and its answers
         #: to greetings then say so, and a neighbour restarting late learns it is over
         self.finished: int | None = None
+        self._said_bye = False
         self._blocked: set[str] = set()  # peers whose queue was full at the last send
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
         self._reported_offline: dict[str, float] = {}  # when presence first said so
@@ -114,7 +115,10 @@ class NodeLink:
         self.send(tuple(peers), self._control(Kind.HELLO, meta), control=True)
 
     def say_bye(self) -> None:
-        """Tell every neighbour not to wait for this node; ``finished`` if it completed the run."""
+        """Tell every neighbour not to wait for this node (once); ``finished`` if it completed the run."""
+        if self._said_bye:
+            return
+        self._said_bye = True
         meta = {"finished": True} if self.finished is not None else {}
         self.send(tuple(self.addresses), self._control(Kind.BYE, meta), control=True)
 

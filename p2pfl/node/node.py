@@ -160,7 +160,7 @@ class Node:
             return
         self._started = False
         try:
-            if graceful and self._link.finished is None:  # a finished node said goodbye already
+            if graceful:
                 self._link.say_bye()
         finally:
             self.transport.close()
@@ -208,8 +208,9 @@ class Node:
 
     async def linger(self, seconds: float) -> None:
         """After :meth:`run`: keep answering greetings ("finished") until every neighbour
-        finished or left, or ``seconds``, so a neighbour restarting now learns the run is over."""
+        finished too, or ``seconds``, so a neighbour restarting now learns the run is over."""
         self._check_started()
+        self._link.say_bye()  # now: the neighbours stop waiting for it, and lingering for it
         await waiting.linger(self._link, seconds)
 
     def update_membership(
@@ -277,9 +278,8 @@ class Node:
                 break
             trained = finished.next
             round_ = trained.round
-        if last == self.config.rounds - 1 and self._link.finished is None:
+        if last == self.config.rounds - 1:  # its goodbye and greetings say "finished" from now on
             self._link.finished = last
-            self._link.say_bye()  # "finished": neighbours stop waiting, and one that restarts stops too
         return self.history[first:]
 
     def _record(self, finished: Finished) -> None:

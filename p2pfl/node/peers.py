@@ -85,7 +85,6 @@ class PeerTracker:
         if peer in self._suspected:
             return False
         self._suspected.add(peer)
-        self._changed.notify()  # a finished node lingers until every neighbour is gone
         return True
 
     def is_suspected(self, peer: str) -> bool:

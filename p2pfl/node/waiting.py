@@ -63,10 +63,10 @@ async def to_resume(link: NodeLink, start_round: int, *, hello_interval: float) 
 
 async def linger(link: NodeLink, seconds: float) -> None:
     """After the last round: answer greetings (saying "finished") until every neighbour
-    finished or left, or for ``seconds``."""
+    finished too, or for ``seconds``: one that stopped mid-run may be restarting now."""
     peers = link.peers
     deadline = time.monotonic() + seconds
-    while not all(peers.is_suspected(p) for p in peers.peers):
+    while not set(peers.peers) <= _finished(link).keys():
         left = deadline - time.monotonic()
         if left <= 0:
             return
