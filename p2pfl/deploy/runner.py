@@ -378,12 +378,11 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 if presence is not None:
                     duties.append(group.create_task(_publish_progress(presence, progress.queue)))
                 try:
-                    if start_round > 0:  # a run under way: rejoin it, or learn that it is over
+                    start = StartCondition.parse(config.start)
+                    if start_round > 0 and start.kind != "none":  # a run under way: rejoin it, or learn it is over
                         await node.wait_to_resume(hello_interval=config.hello_interval)
                     else:
-                        await node.wait_until_ready(
-                            StartCondition.parse(config.start), hello_interval=config.hello_interval
-                        )
+                        await node.wait_until_ready(start, hello_interval=config.hello_interval)
                     await node.run()
                     if presence is not None:  # says "finished" (not "stopped") when it leaves the broker
                         presence.finish(config.rounds - 1)
