@@ -80,3 +80,29 @@ async def test_finished_nodes_linger_only_until_every_neighbour_finished(context
         await asyncio.wait_for(asyncio.gather(*(node.linger(60.0) for node in nodes)), TIMEOUT)
         for node in nodes:
             assert node.peers.finished() == {peer: 1 for peer in node.peers.peers}
+
+
+class BrokerSaysFinished:
+    """What MQTT discovery reports for neighbours whose retained status is ``finished``."""
+
+    def __init__(self, finished: set[str]) -> None:
+        self.finished = finished
+
+    def is_offline(self, peer: str) -> bool:
+        return peer in self.finished
+
+    def has_finished(self, peer: str) -> bool:
+        return peer in self.finished
+
+    def subscribe(self, callback) -> None:
+        pass
+
+
+async def test_a_resumed_node_takes_the_brokers_word_that_its_neighbours_finished(context):
+    node = tiny_node(context, "0", rounds=ROUNDS, round_timeout=60.0, start_round=2,
+                     presence=BrokerSaysFinished({"1", "2"}))
+    async with node:
+        node.add_peer("1", "tcp://127.0.0.1:1")  # exited: nobody listens there
+        node.add_peer("2", "tcp://127.0.0.1:1")
+        with pytest.raises(PeersGoneError, match=r"its neighbours 1, 2 finished the run: nobody is left"):
+            await asyncio.wait_for(node.wait_to_resume(hello_interval=0.05), TIMEOUT)
