@@ -109,13 +109,14 @@ class CatchUp:
         in went out while it was away; they stop waiting for its model of that round once
         they hear it is past it."""
         rounds = sorted(self._link.peers.last_round(p) or 0 for p in ahead)
-        target = min(rounds[(len(rounds) - 1) // 2] + 1, self._rounds - 1)
+        theirs = rounds[(len(rounds) - 1) // 2]  # the lower median: one liar cannot move it
+        target = min(theirs + 1, self._rounds - 1)
         if target <= round_:
             return None
         self._link.inbox.advance(target)
         log.info("node %s: behind at round %d; neighbours %s are at round %d: rejoins at round %d with "
                  "its own model (secure aggregation: no model is sent in the clear)",
-                 self._link.name, round_, ", ".join(ahead), target - 1, target)
+                 self._link.name, round_, ", ".join(ahead), theirs, target)
         return target, None
 
     def answer(self, message: Message) -> None:
