@@ -7,6 +7,7 @@
     ├── WireError               a message from the network broke the wire format (carries the reason)
     ├── TransportError          a socket could not bind, connect or send
     └── NodeError               a node was used wrongly (e.g. run before start) or its peers let it down
+        └── PeersGoneError      a resumed node has nobody left to train with (they finished or are down)
 """
 
 from __future__ import annotations
@@ -57,3 +58,8 @@ class TransportError(P2PFLError):
 
 class NodeError(P2PFLError):
     """A node was used in a way it does not support."""
+
+
+class PeersGoneError(NodeError):
+    """A node resumed from its checkpoint found no neighbour left to train with: they
+    finished the run, or none answered within a round deadline (finished or down)."""

@@ -15,16 +15,19 @@ from p2pfl.errors import (
     DataError,
     NodeError,
     P2PFLError,
+    PeersGoneError,
     TopologyError,
     TransportError,
 )
 
 # Expected failures end with one line on stderr and a numbered exit code, not a traceback.
+# The first match wins: a subclass comes before its base.
 EXIT_CODES: dict[type[P2PFLError], int] = {
     ConfigError: 2,
     TopologyError: 3,
     DataError: 4,
     TransportError: 5,
+    PeersGoneError: 7,
     NodeError: 6,
 }
 
@@ -116,17 +119,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except P2PFLError as exc:
-        print(f"p2pfl: error: {exc}", file=sys.stderr)
-        for kind, code in EXIT_CODES.items():
-            if isinstance(exc, kind):
-                return code
-        return 1
+        return _failed(exc)
+    except BaseExceptionGroup as group:  # an asyncio TaskGroup wraps what its body raised
+        expected = _only_error(group)
+        if expected is None:
+            raise
+        return _failed(expected)
     except KeyboardInterrupt:
         print("p2pfl: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (p2pfl ... | head): quiet, like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
         return 141  # 128 + SIGPIPE
+
+
+def _failed(exc: P2PFLError) -> int:
+    print(f"p2pfl: error: {exc}", file=sys.stderr)
+    for kind, code in EXIT_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return 1
+
+
+def _only_error(group: BaseExceptionGroup) -> P2PFLError | None:
+    """The expected error a group holds, if it holds only that one."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner if isinstance(inner, P2PFLError) else None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def register(commands: Any) -> None:
         "node",
         help="run this organisation's node (long-lived; resumes from its checkpoint)",
         description="Run one organisation's node. SIGINT/SIGTERM stop it cleanly (restart to "
-        "resume from the last checkpoint); SIGHUP reloads the allow-list.",
+        "resume from the last checkpoint); SIGHUP reloads the allow-list. Exits 7 when, resumed "
+        "from its checkpoint, it finds no neighbour left to train with (they finished or are down).",
     )
     parser.add_argument("--config", required=True, help="the node's node.toml")
     parser.add_argument("--insecure", action="store_true", help=SETTINGS["insecure"].help)

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping node waits for its last progress reports to reach the MQTT broker.
 PROGRESS_FLUSH_SECONDS = 5.0
+#: After its last round a node answers greetings ("finished") this long at most (less when
+#: every neighbour finished too), so a neighbour restarting just then learns the run is over.
+FINISHED_LINGER_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,15 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
                 if presence is not None:
                     duties.append(group.create_task(publish_progress(presence, progress.queue)))
                 try:
-                    await node.wait_until_ready(
-                        StartCondition.parse(config.start), hello_interval=config.hello_interval
-                    )
+                    start = StartCondition.parse(config.start)
+                    if start_round > 0 and start.kind != "none":  # a run under way: rejoin it, or learn it is over
+                        await node.wait_to_resume(hello_interval=config.hello_interval)
+                    else:
+                        await node.wait_until_ready(start, hello_interval=config.hello_interval)
                     await node.run()
                     if presence is not None:  # says "finished" (not "stopped") when it leaves the broker
                         presence.finish(config.rounds - 1)
+                    await node.linger(min(config.round_timeout, FINISHED_LINGER_SECONDS))
                 finally:
                     if presence is not None:  # the last round's progress must reach the broker before we leave
                         with contextlib.suppress(TimeoutError):

@@ -181,6 +181,10 @@ class MqttPresence:
         state = self._membership.state_of(peer)
         return state is not None and state != "online"
 
+    def has_finished(self, peer: str) -> bool:
+        """True only if the broker says ``peer`` did all its rounds and left (``finished``)."""
+        return self._membership.state_of(peer) == "finished"
+
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the event loop after every membership change.
 

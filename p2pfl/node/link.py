@@ -8,6 +8,7 @@ deadline, a goodbye, a broker's offline report), so a round does not wait for th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -58,6 +59,10 @@ class NodeLink:
         self.stats = stats
         self.presence = presence
         self.addresses: dict[str, str] = {}
+        #: this node's last round once it completed the run: its goodbye and its answers
+        #: to greetings then say so, and a neighbour restarting late learns it is over
+        self.finished: int | None = None
+        self._said_bye = False
         self._blocked: set[str] = set()  # peers whose queue was full at the last send
         self._replied: dict[tuple[str, str], float] = {}  # (peer, kind) -> when we last answered
         self._reported_offline: dict[str, float] = {}  # when presence first said so
@@ -104,16 +109,29 @@ class NodeLink:
 
     def greet(self, peers: Sequence[str], *, reply: bool) -> None:
         """Say hello ("I am up, at this round"); ``reply`` marks an answer to a greeting."""
-        frames = wire.encode(
-            kind=Kind.HELLO, sender=self.name, round=self.inbox.current_round, samples=0,
-            tensors={}, meta={"reply": reply},
-        )
-        self.send(tuple(peers), frames, control=True)
+        meta: dict[str, bool] = {"reply": reply}
+        if self.finished is not None:
+            meta["finished"] = True
+        self.send(tuple(peers), self._control(Kind.HELLO, meta), control=True)
 
-    def may_answer(self, peer: str, kind: str) -> bool:
-        """At most two answers of a kind per peer and second: requests cannot make us flood."""
+    def say_bye(self) -> None:
+        """Tell every neighbour not to wait for this node (once); ``finished`` if it completed the run."""
+        if self._said_bye:
+            return
+        self._said_bye = True
+        meta = {"finished": True} if self.finished is not None else {}
+        self.send(tuple(self.addresses), self._control(Kind.BYE, meta), control=True)
+
+    def _control(self, kind: Kind, meta: dict[str, bool]) -> Frames:
+        # a finished node names its last round; otherwise the round it is in
+        round_ = self.finished if self.finished is not None else self.inbox.current_round
+        return wire.encode(kind=kind, sender=self.name, round=round_, samples=0, tensors={}, meta=meta)
+
+    def may_answer(self, peer: str, kind: str, *, interval: float = 0.5) -> bool:
+        """At most one answer of a kind per peer and ``interval`` seconds (two a second by
+        default): requests cannot make us flood."""
         now = time.monotonic()
-        if now - self._replied.get((peer, kind), 0.0) <= 0.5:
+        if now - self._replied.get((peer, kind), -math.inf) <= interval:
             return False
         self._replied[(peer, kind)] = now
         return True

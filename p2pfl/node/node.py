@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
@@ -19,6 +18,7 @@ from p2pfl import wire
 from p2pfl.aggregation.base import Aggregator, mix
 from p2pfl.errors import NodeError
 from p2pfl.learning.learner import Learner
+from p2pfl.node import waiting
 from p2pfl.node.catchup import CatchUp
 from p2pfl.node.exchange import Exchange, ExchangeBuilder, Trained
 from p2pfl.node.gossip import SyncGossip
@@ -31,7 +31,6 @@ from p2pfl.node.records import NodeConfig, NodeStats, RoundMetrics, RoundObserve
 from p2pfl.node.steps import Finished, RoundWorker, StagedExecutor
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import Incoming, ZmqTransport
-from p2pfl.wire import Kind
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,8 @@ class Node:
                                          grace=config.staleness_grace)
         else:
             self._exchange = SyncGossip(self._link, aggregator)
-        self._catch_up = CatchUp(self._link, config.rounds, self._exchange.sent)
+        # under secure aggregation no model may leave in the clear, catch-up's included
+        self._catch_up = CatchUp(self._link, config.rounds, self._exchange.sent, share_models=secure is None)
         self._worker = RoundWorker(config.name, learner, self.stats, checkpoint)
         self._receiver = Receiver(config, self._link, self._exchange, self._catch_up, self._schema, self._limits)
         self._started = False
@@ -161,9 +161,7 @@ class Node:
         self._started = False
         try:
             if graceful:
-                bye = wire.encode(kind=Kind.BYE, sender=self.name, round=self._inbox.current_round,
-                                  samples=0, tensors={})
-                self._link.send(tuple(self._link.addresses), bye, control=True)
+                self._link.say_bye()
         finally:
             self.transport.close()
             if self._own_executor is not None:
@@ -196,20 +194,24 @@ class Node:
         not heard from yet; whom the node still waits for is logged every ``log_every`` s.
         """
         self._check_started()
-        interval = hello_interval
-        last_log = time.monotonic()
-        while not condition.holds(len(self.peers.present()), len(self.peers.peers)):
-            self._link.greet(self.peers.absent(), reply=False)
-            if time.monotonic() - last_log >= log_every:
-                log.info(
-                    "node %s waiting to start (%s): no word yet from %s",
-                    self.name, condition, ", ".join(self.peers.absent()) or "nobody",
-                )
-                last_log = time.monotonic()
-            await self.peers.wait_for_news(interval)
-            interval = min(interval * 2, hello_interval * 8)
-        log.info("node %s: start condition %s holds; present: %s",
-                 self.name, condition, ", ".join(sorted(self.peers.present())) or "none")
+        await waiting.until_ready(self._link, condition, hello_interval=hello_interval, log_every=log_every)
+
+    async def wait_to_resume(self, *, hello_interval: float = 1.0) -> None:
+        """A node resumed at ``start_round``: greet until a neighbour that still runs
+        answers, for one round deadline at most (not the start condition: the run is under way).
+
+        Raises:
+            PeersGoneError: the neighbours finished the run, or none answered in time.
+        """
+        self._check_started()
+        await waiting.to_resume(self._link, self.config.start_round, hello_interval=hello_interval)
+
+    async def linger(self, seconds: float) -> None:
+        """After :meth:`run`: keep answering greetings ("finished") until every neighbour
+        finished too, or ``seconds``, so a neighbour restarting now learns the run is over."""
+        self._check_started()
+        self._link.say_bye()  # now: the neighbours stop waiting for it, and lingering for it
+        await waiting.linger(self._link, seconds)
 
     def update_membership(
         self, schedule: GossipSchedule, endpoints: Mapping[str, str], *, relink: Iterable[str] = ()
@@ -276,6 +278,8 @@ class Node:
                 break
             trained = finished.next
             round_ = trained.round
+        if last == self.config.rounds - 1:  # its goodbye and greetings say "finished" from now on
+            self._link.finished = last
         return self.history[first:]
 
     def _record(self, finished: Finished) -> None:

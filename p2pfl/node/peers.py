@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from p2pfl.node.arrivals import Arrivals
 from p2pfl.settings import parse_start
@@ -62,6 +62,7 @@ class PeerTracker:
         self.peers = tuple(sorted(peers))
         self._heard: dict[str, tuple[float, int]] = {}
         self._suspected: set[str] = set()
+        self._finished: dict[str, int] = {}  # peer -> its last round: it completed the run
         self._changed = Arrivals()
 
     def set_peers(self, peers: Iterable[str]) -> None:
@@ -74,7 +75,7 @@ class PeerTracker:
         self._heard[peer] = (time.monotonic(), round)
         if first:
             self._changed.notify()
-        if peer in self._suspected:
+        if peer in self._suspected and peer not in self._finished:  # a finished peer never comes back
             self._suspected.discard(peer)
             return True
         return False
@@ -88,6 +89,24 @@ class PeerTracker:
 
     def is_suspected(self, peer: str) -> bool:
         return peer in self._suspected
+
+    def finish(self, peer: str, last_round: int) -> bool:
+        """``peer`` completed the run (said so in a goodbye or a greeting): never wait for
+        it again. Returns True if this is news."""
+        self._suspected.add(peer)
+        if peer in self._finished:
+            return False
+        self._finished[peer] = last_round
+        self._changed.notify()
+        return True
+
+    def finished(self) -> dict[str, int]:
+        """Neighbours that said they completed the run, with their last round."""
+        return {p: r for p, r in self._finished.items() if p in self.peers}
+
+    def live(self) -> set[str]:
+        """Neighbours heard from that have not said they completed the run."""
+        return self.present() - self._finished.keys()
 
     def lead(self) -> int:
         """The highest round any neighbour was heard at (-1 if none)."""
@@ -116,6 +135,15 @@ class PeerTracker:
     async def wait_for_news(self, timeout: float) -> None:
         """Return when a new neighbour is heard from, or after ``timeout`` seconds."""
         await self._changed.next(timeout)
+
+
+@runtime_checkable
+class ReportsFinished(Protocol):
+    """A :class:`PeerPresence` that also knows who completed the run (MQTT discovery does)."""
+
+    def has_finished(self, peer: str) -> bool:
+        """True only when the peer is known to have done all its rounds and left."""
+        ...
 
 
 class PeerPresence(Protocol):

@@ -151,6 +151,8 @@ class Receiver:
             inbox.poke()  # a round under way stops waiting for a peer that moved past it
 
     def _on_hello(self, message: Message) -> None:
+        if message.meta.get("finished") is True:
+            self._finished(message)
         # Answer a greeting so the greeter learns we are up; never answer an answer, and
         # at most twice a second per peer, so hellos cannot be used to make us flood.
         if not message.meta.get("reply", False) and self._link.may_answer(message.sender, "hello"):
@@ -162,9 +164,19 @@ class Receiver:
             self._link.greet([message.sender], reply=True)
 
     def _on_bye(self, message: Message) -> None:
+        if message.meta.get("finished") is True:
+            self._finished(message)
+            return
         self._link.peers.suspect(message.sender)
         self._link.inbox.poke()
         log.info("node %s: %s says it is leaving; not waiting for it", self.name, message.sender)
+
+    def _finished(self, message: Message) -> None:
+        """The sender completed the run (its last round is the message's): never wait for it again."""
+        if self._link.peers.finish(message.sender, message.round):
+            self._link.inbox.poke()
+            log.info("node %s: %s finished the run (last round %d); not waiting for it",
+                     self.name, message.sender, message.round)
 
     def count_rejection(self, reason: str, detail: str) -> None:
         rejected = self._link.stats.rejected

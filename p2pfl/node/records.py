@@ -104,6 +104,7 @@ class NodeStats:
     bytes_sent: int = 0  # model traffic of the rounds
     bytes_received: int = 0
     control_bytes_sent: int = 0  # greetings, goodbyes, catch-up
+    sync_replies_sent: int = 0  # catch-up answers (a model each) to neighbours far behind
     sends_dropped: int = 0
     non_finite_models: int = 0  # own model went NaN/Inf (averaging or training); reverted
 

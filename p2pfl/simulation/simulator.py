@@ -281,6 +281,7 @@ def _summary(
         "wall_seconds": wall,
         "bytes_sent_total": sum(node.stats.bytes_sent for node in nodes),
         "control_bytes_sent_total": sum(node.stats.control_bytes_sent for node in nodes),
+        "sync_replies_sent_total": sum(node.stats.sync_replies_sent for node in nodes),  # models sent to catch up
         "bytes_received_total": sum(node.stats.bytes_received for node in nodes),
         "messages_rejected": dict(rejected),
         "non_finite_models": sum(node.stats.non_finite_models for node in nodes),

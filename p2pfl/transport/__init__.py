@@ -143,7 +143,7 @@ class ZmqTransport:
         self._options = options
         self._router: zmq.Socket | None = None
         self._dealers: dict[str, zmq.Socket] = {}
-        self._handshakes: dict[str, HandshakeWatch] = {}  # Curve links only
+        self._handshakes: dict[str, HandshakeWatch] = {}  # tcp/ipc links
         self._handler: Callable[[Incoming], None] | None = None
         self.security = security  # [security hook] the node maps user ids through it
         self._authenticated = security is not None  # read the ZAP User-Id of each message
@@ -202,7 +202,12 @@ class ZmqTransport:
             router.bind(_wildcard_port(self._bind))
         except zmq.ZMQError as exc:
             router.close(linger=0)
-            raise TransportError(f"cannot bind {self._bind}: {exc}") from exc
+            if exc.errno == zmq.EADDRINUSE:
+                raise TransportError(
+                    f"cannot listen on {self._bind}: the port is in use (is this member's node already running?)"
+                ) from None
+            # strerror alone: pyzmq's message repeats the address
+            raise TransportError(f"cannot listen on {self._bind}: {exc.strerror}") from exc
         self._router = router
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._loop = asyncio.get_running_loop()
@@ -267,8 +272,9 @@ class ZmqTransport:
             except BaseException:
                 dealer.close(linger=0)
                 raise
-        if self.security is not None and self._loop is not None:
-            self._handshakes[peer] = HandshakeWatch(dealer, peer, endpoint, self._loop)
+        if self._loop is not None and not endpoint.startswith("inproc://"):  # inproc has no handshake
+            # a plain link is watched too: a Curve peer refuses it, and only the handshake says why
+            self._handshakes[peer] = HandshakeWatch(dealer, peer, endpoint, self._loop, curve=self.security is not None)
         try:
             dealer.connect(endpoint)
         except zmq.ZMQError as exc:

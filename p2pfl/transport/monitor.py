@@ -56,6 +56,9 @@ class Monitor:
         self._monitor.close(linger=0)
 
 
+#: libzmq's value of a protocol failure where one end speaks NULL and the other CURVE.
+_MECHANISM_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+
 _VERDICTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -63,31 +66,54 @@ _VERDICTS = (
 
 
 class HandshakeWatch(Monitor):
-    """Logs a failed CurveZMQ handshake on an outgoing link, once until one succeeds.
+    """Logs a failed handshake on an outgoing link, once until one succeeds.
 
     ZeroMQ retries such a link silently forever, so a peer listed with the wrong public
-    key (or not allow-listing ours) would otherwise look merely absent.
+    key (or not allow-listing ours), or one that runs plain text where we run CurveZMQ
+    (or the other way round), would otherwise look merely absent. libzmq tells a
+    mechanism mismatch (NULL against CURVE) apart: a protocol failure whose value is
+    ``ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH``, on both ends.
+
+    Args:
+        curve: whether this node's links use CurveZMQ (a plain-text node's links are
+            watched for the mismatch only).
     """
 
     EVENTS = _VERDICTS
 
-    def __init__(self, dealer: zmq.Socket, peer: str, endpoint: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, dealer: zmq.Socket, peer: str, endpoint: str, loop: asyncio.AbstractEventLoop, *, curve: bool = True
+    ) -> None:
         self._peer, self._endpoint = peer, endpoint
+        self._curve = curve
         self._failing = False
         super().__init__(dealer, loop)
 
     def on_event(self, event: int, value: int) -> None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if self._failing:
-                log.info("CurveZMQ handshake with %s at %s succeeds again", self._peer, self._endpoint)
+                log.info("handshake with %s at %s succeeds again", self._peer, self._endpoint)
             self._failing = False
-        elif not self._failing:
-            self._failing = True
+            return
+        if self._failing:
+            return
+        mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH
+        if mismatch and self._curve:
+            log.warning(
+                "%s at %s does not use CurveZMQ (is it started with --insecure?): every member must "
+                "use Curve, or all --insecure", self._peer, self._endpoint,
+            )
+        elif mismatch:
+            log.warning("%s at %s requires CurveZMQ; this node runs --insecure", self._peer, self._endpoint)
+        elif self._curve:
             log.warning(
                 "CurveZMQ handshake with %s at %s failed: the public key listed for %s is not the "
                 "key its node uses, or it does not list ours; compare the fingerprints "
                 "'p2pfl consortium check' prints on both sides", self._peer, self._endpoint, self._peer,
             )
+        else:
+            return  # a plain link has no keys to get wrong
+        self._failing = True
 
 
 class ConnectionWatch(Monitor):

@@ -15,6 +15,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from p2pfl import Node, StaticSchedule, ZmqTransport, build_topology
+from p2pfl.node.peers import StartCondition
 from p2pfl.security import AllowList, CurveSecurity, KeyPair, curve_authenticator
 from p2pfl.testing import model_frames, tiny_learner, tiny_node
 
@@ -244,5 +245,40 @@ async def test_a_wrong_public_key_for_a_peer_is_logged_on_the_sending_side(conte
             finally:
                 sender.close()
             assert receiver.stats.messages_accepted == 0
+    finally:
+        logging.getLogger("p2pfl.transport").removeHandler(handler)
+
+
+async def test_a_plain_text_member_among_curve_members_is_named_on_both_sides(context, members):
+    """One member started with --insecure: both ends say so, not "wrong key" / "waiting to start"."""
+    said: dict[str, asyncio.Event] = {"curve side": asyncio.Event(), "insecure side": asyncio.Event()}
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            lines.append(message)
+            if message.startswith("1 at ") and "does not use CurveZMQ (is it started with --insecure?): " \
+                    "every member must use Curve, or all --insecure" in message:
+                said["curve side"].set()
+            if message.startswith("0 at ") and message.endswith("requires CurveZMQ; this node runs --insecure"):
+                said["insecure side"].set()
+
+    handler = Catch()
+    logging.getLogger("p2pfl.transport").addHandler(handler)
+    try:
+        async with curve_node(context, members, "0") as curve, tiny_node(context, "1") as insecure:
+            curve.add_peer("1", insecure.endpoint)
+            insecure.add_peer("0", curve.endpoint)
+            ready = [asyncio.create_task(node.wait_until_ready(StartCondition.parse("min:1"), hello_interval=0.05))
+                     for node in (curve, insecure)]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in said.values())), TIMEOUT)
+            finally:
+                for task in ready:
+                    task.cancel()
+                await asyncio.gather(*ready, return_exceptions=True)
+            assert not any("the public key listed for" in line for line in lines), lines
+            assert curve.stats.messages_accepted == insecure.stats.messages_accepted == 0
     finally:
         logging.getLogger("p2pfl.transport").removeHandler(handler)

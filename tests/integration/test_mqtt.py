@@ -112,11 +112,13 @@ async def test_graceful_exit_says_stopped_or_finished_with_the_last_round(mqtt_b
             await bob.publish_progress(3, 0.5, 1.0)
         await until(alice, lambda: alice.is_offline("bob"))
         assert state(alice, "bob") == "stopped" and alice.members()["bob"].round == 3
+        assert not alice.has_finished("bob")  # stopped mid-run: it may come back
         async with presence(mqtt_broker, consortium, "bob") as bob:
             await until(alice, lambda: state(alice, "bob") == "online")
             bob.finish(9)  # its last progress report was lost: the goodbye still names round 9
         await until(alice, lambda: state(alice, "bob") == "finished")
         assert alice.is_offline("bob") and alice.members()["bob"].round == 9
+        assert alice.has_finished("bob")  # a resumed neighbour of bob's stops instead of waiting
         assert "offline" not in changes  # the Will was discarded, not fired
     # retained: a late watcher still learns how both left
     async with aclosing(watch_consortium(mqtt_broker, consortium)) as snapshots:

@@ -12,6 +12,7 @@ import zmq
 import zmq.asyncio
 
 from p2pfl import Node, NodeConfig, StaticSchedule, WireLimits, ZmqTransport, build_topology
+from p2pfl.errors import TransportError
 from p2pfl.simulation.worker import PhasedWorker
 from p2pfl.testing import model_frames, tiny_learner, tiny_node, with_header
 
@@ -223,3 +224,14 @@ async def test_a_neighbour_heard_directly_after_the_broker_called_it_offline_is_
         await sock.send_multipart(model_frames(tiny_learner(1), sender="1", round=1))
         history = await asyncio.wait_for(run, TIMEOUT)
     assert [m.received_from for m in history] == [("1",), ("1",)]
+
+
+async def test_a_port_in_use_is_one_line_naming_the_address_once_and_the_likely_cause(context):
+    async with tiny_node(context, "0") as running:
+        second = ZmqTransport(context, running.endpoint)
+        with pytest.raises(TransportError) as caught:
+            second.start()
+    message = str(caught.value)
+    assert message == (f"cannot listen on {running.endpoint}: the port is in use "
+                       "(is this member's node already running?)")
+    assert message.count(running.endpoint.rsplit(":", 1)[1]) == 1

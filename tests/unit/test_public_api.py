@@ -16,6 +16,7 @@ from p2pfl.errors import (
     DataError,
     NodeError,
     P2PFLError,
+    PeersGoneError,
     TopologyError,
     TransportError,
     WireError,
@@ -78,7 +79,7 @@ def test_import_has_no_side_effects(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-ERRORS = [ConfigError, DataError, NodeError, TopologyError, TransportError, WireError]
+ERRORS = [ConfigError, DataError, NodeError, PeersGoneError, TopologyError, TransportError, WireError]
 
 
 def test_every_error_class_sits_under_p2pflerror() -> None:
