@@ -29,6 +29,7 @@ from p2pfl.node.records import summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.limits import prepare_limits, simulation_needs
 from p2pfl.simulation.outputs import SUMMARY_FILE, check_model_names, save_models
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
@@ -96,9 +97,14 @@ async def _simulate(
     out_dir = Path(config.out) if config.out else None
     if out_dir is not None and config.save_models:
         check_model_names(names)  # before the run, not after it
+    context = zmq.Context()
+    try:  # before any socket: thousands of nodes need more than the defaults allow
+        prepare_limits(context, simulation_needs(config.transport, experiment.schedule, names), config.transport)
+    except BaseException:
+        context.term()
+        raise
     recorder = MetricsRecorder(names, out_dir, progress)
     started = time.perf_counter()
-    context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
     # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
     executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
