@@ -3,9 +3,11 @@
 
 Each size runs in its own process (so its peak RSS is its own): random-regular:4 over
 inproc, IID split, default settings otherwise. The bundled digits (1,437 training
-samples) cannot give 1,000 nodes two samples each, so every size trains on the same
-larger set: digits' training split six times over, five of them with pixel noise
-(8,622 samples; the test split is digits' own 360).
+samples) cannot give 1,000 nodes two samples each, so the sizes train on a larger set:
+digits' training split six times over, five of them with pixel noise (8,622 samples;
+the test split is digits' own 360), of which each size takes ``SAMPLES_PER_NODE`` per
+node, so a node's step costs the same at every size (4,000 nodes take all 8,622: two
+each).
 
     python scripts/bench_scale.py            # 16, 64, 256, 1,000 nodes (MLP), 4,000 (logreg)
 
@@ -29,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 #: (nodes, model, rounds): rounds shrink as nodes grow so the whole table takes minutes
+#: training samples per node: a node's work per round is the same at every size
+SAMPLES_PER_NODE = 8
+
 SIZES = [(16, "mlp", 20), (64, "mlp", 10), (256, "mlp", 5), (1000, "mlp", 3), (4000, "logreg", 3)]
 
 
@@ -40,8 +45,9 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def write_dataset(path: Path, copies: int = 6, seed: int = 0) -> None:
-    """Digits' training split ``copies`` times (all but the first with noise), its test split as is."""
+def write_dataset(path: Path, train_samples: int, copies: int = 6, seed: int = 0) -> None:
+    """``train_samples`` of digits' training split ``copies`` times over (all but the first
+    copy with noise), shuffled; its test split as is."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -51,7 +57,8 @@ def write_dataset(path: Path, copies: int = 6, seed: int = 0) -> None:
     )
     rng = np.random.default_rng(seed)
     x = np.concatenate([x_train + (rng.normal(0, 0.5, x_train.shape) if i else 0) for i in range(copies)])
-    np.savez(path, x_train=x.astype(np.float32), y_train=np.tile(y_train, copies),
+    keep = rng.permutation(len(x))[:train_samples]
+    np.savez(path, x_train=x[keep].astype(np.float32), y_train=np.tile(y_train, copies)[keep],
              x_test=x_test.astype(np.float32), y_test=y_test)
 
 
@@ -95,12 +102,12 @@ def main() -> None:
         return
     sizes = [size for size in SIZES if not args.sizes or size[0] in args.sizes]
     with tempfile.TemporaryDirectory(prefix="p2pfl-bench-scale-") as directory:
-        dataset = Path(directory) / "digits6.npz"
-        write_dataset(dataset)
         if not args.json:
             print("| nodes | model (params) | rounds | wall s | ms / node-round | peak RSS MB | KB / node beyond model, optimizer, data |")
             print("|---:|---|---:|---:|---:|---:|---:|")
         for nodes, model, rounds in sizes:
+            dataset = Path(directory) / f"digits-{nodes}.npz"
+            write_dataset(dataset, nodes * SAMPLES_PER_NODE)
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(nodes), model, str(rounds), str(dataset)],
                 check=True, capture_output=True, text=True,
