@@ -5,7 +5,8 @@ context's socket cap (``MAX_SOCKETS``, 1,023 by default) and the process's open-
 limit (every ZeroMQ socket holds a descriptor for its mailbox, every tcp/ipc connection
 one at each end). The first is the simulation's own context: it is set from the node
 count. The second is raised up to the hard limit; past that, the run is refused with one
-line naming what to change, instead of failing half-way with a traceback per node.
+line naming what to change, instead of failing half-way with a traceback per node. So is
+a run whose nodes, once built, would need more memory than the machine has left.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 import zmq
 
 from p2pfl.errors import ConfigError
-from p2pfl.topology.schedule import GossipSchedule
 
 try:  # absent on Windows, where neither limit applies the same way
     import resource
@@ -28,6 +28,15 @@ except ImportError:  # pragma: no cover
 SOCKET_SLACK = 64
 #: Descriptors beyond the sockets': Python's, torch's, the metrics file, the loop's selector.
 FD_SLACK = 256
+#: What a running node holds beyond its built learner, apart from model copies: its
+#: sockets' pipes (~200 KB), its Python objects and its share of the recorder; measured
+#: ~0.8 MB per node in total with a 9,610-parameter MLP (docs/benchmarks.md), about
+#: 8 model copies (38 KB each) of it.
+NODE_OVERHEAD_BYTES = 512 * 1024
+#: Model-sized buffers a running node may hold beyond its learner's own, with ``degree``
+#: more (one received model per neighbour): snapshot, accumulator, the one it sends, the
+#: recorder's two (latest and final), gradient and optimizer state created at first step.
+MODEL_COPIES = 7
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,6 @@ def needs(transport: str, degrees: Sequence[int]) -> Needs:
             sockets += per_node
             files += per_node + 2 * degree + 1
     return Needs(len(degrees), sockets + SOCKET_SLACK, files + FD_SLACK)
-
-
-def simulation_needs(transport: str, schedule: GossipSchedule, names: Sequence[str]) -> Needs:
-    """:func:`needs` for every node of a run, each linked to all its schedule's peers."""
-    return needs(transport, [len(schedule.peers(name)) for name in names])
 
 
 def prepare_limits(context: zmq.Context, wanted: Needs, transport: str) -> None:
@@ -103,6 +107,50 @@ def raise_open_files(wanted: Needs, transport: str) -> None:
             f"/etc/security/limits.conf) or use fewer nodes{_or_inproc(transport)}"
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else files, hard))
+
+
+def check_memory(degrees: Sequence[int], model_bytes: int, available: int | None = None) -> None:
+    """Refuse a run whose nodes would need more memory than is available, in one line.
+
+    Call once the learners are built (their memory is then taken already): the estimate
+    is what running adds, ``(MODEL_COPIES + degree)`` model copies plus
+    ``NODE_OVERHEAD_BYTES`` per node, against ``MemAvailable`` (``available``: tests).
+
+    Raises:
+        ConfigError: (field ``nodes``) the estimate is over what is available.
+    """
+    available = _available_memory() if available is None else available
+    if available is None:
+        return
+    per_node = [(MODEL_COPIES + degree) * model_bytes + NODE_OVERHEAD_BYTES for degree in degrees]
+    wanted = sum(per_node)
+    if wanted > available:
+        mean = wanted / len(per_node)
+        raise ConfigError(
+            "nodes", f"{len(per_node)} nodes need about {_size(wanted)} to run ({_size(mean)} per node: "
+            f"{MODEL_COPIES} + degree copies of its {_size(model_bytes)} model and {_size(NODE_OVERHEAD_BYTES)}) "
+            f"but {_size(available)} is available; use at most {int(available // mean)} nodes, a smaller "
+            "model or a machine with more memory"
+        )
+
+
+def _available_memory() -> int | None:
+    """The kernel's estimate of memory available without swapping (Linux), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
 
 
 def _or_inproc(transport: str) -> str:

@@ -29,7 +29,7 @@ from p2pfl.node.records import summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
-from p2pfl.simulation.limits import prepare_limits, simulation_needs
+from p2pfl.simulation.limits import check_memory, needs, prepare_limits
 from p2pfl.simulation.outputs import SUMMARY_FILE, check_model_names, save_models
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
@@ -97,9 +97,11 @@ async def _simulate(
     out_dir = Path(config.out) if config.out else None
     if out_dir is not None and config.save_models:
         check_model_names(names)  # before the run, not after it
+    degrees = [len(experiment.schedule.peers(name)) for name in names]
+    check_memory(degrees, _model_bytes(experiment))
     context = zmq.Context()
     try:  # before any socket: thousands of nodes need more than the defaults allow
-        prepare_limits(context, simulation_needs(config.transport, experiment.schedule, names), config.transport)
+        prepare_limits(context, needs(config.transport, degrees), config.transport)
     except BaseException:
         context.term()
         raise
@@ -147,6 +149,13 @@ async def _simulate(
             _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=True)
     assert churn is not None  # set before the first await; the run would have raised otherwise
     return _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=False)
+
+
+def _model_bytes(experiment: Experiment) -> int:
+    """Bytes of one node's model (every node trains the same architecture)."""
+    if not experiment.learners:
+        return 0
+    return sum(int(array.nbytes) for array in experiment.learners[0].get_weights().values())
 
 
 def _keep_results(

@@ -67,3 +67,14 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one_only_when_needed(mon
     assert calls == []  # 200 sockets fit in 1,024
     limits.raise_open_files(needs("inproc", [4] * 1000), "inproc")
     assert calls == [(20000, 20000)]
+
+
+def test_too_little_memory_for_the_nodes_is_one_line_with_the_per_node_estimate():
+    model = 40 * 2**20  # a 10M-parameter model
+    limits.check_memory([4] * 8, model, available=2**40)  # fits
+    with pytest.raises(ConfigError) as error:
+        limits.check_memory([4] * 1000, model, available=16 * 2**30)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("nodes: 1000 nodes need about 430.2 GB to run (440.5 MB per node: ")
+    assert "use at most 37 nodes, a smaller model or a machine with more memory" in message
