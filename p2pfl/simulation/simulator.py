@@ -97,7 +97,7 @@ async def _simulate(
     out_dir = Path(config.out) if config.out else None
     if out_dir is not None and config.save_models:
         check_model_names(names)  # before the run, not after it
-    degrees = [len(experiment.schedule.peers(name)) for name in names]
+    degrees = _link_counts(config, experiment)
     check_memory(degrees, _model_bytes(experiment))
     context = zmq.Context()
     try:  # before any socket: thousands of nodes need more than the defaults allow
@@ -149,6 +149,18 @@ async def _simulate(
             _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=True)
     assert churn is not None  # set before the first await; the run would have raised otherwise
     return _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=False)
+
+
+def _link_counts(config: ExperimentConfig, experiment: Experiment) -> list[int]:
+    """How many peers each node may open a link to during the run.
+
+    Links open at a node's first send to a peer: with ``fanout`` (any peer may be drawn)
+    a node reaches at most ``fanout`` new peers a round, and as many more answering those
+    that reached it, not all ``nodes - 1``.
+    """
+    cap = 2 * config.fanout * config.rounds if config.fanout else None
+    counts = [len(experiment.schedule.peers(name)) for name in experiment.names]
+    return counts if cap is None else [min(count, cap) for count in counts]
 
 
 def _model_bytes(experiment: Experiment) -> int:
