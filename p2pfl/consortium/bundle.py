@@ -131,6 +131,7 @@ def init_consortium(
             kept secret key that cannot be used (e.g. readable by others).
         TopologyError: the topology cannot be built (e.g. disconnected).
     """
+    from p2pfl.security.identity import identity_from_curve
     from p2pfl.security.keys import KeyPair, fingerprint, generate_keypair, write_keypair
     from p2pfl.topology import write_topology_file
 
@@ -156,6 +157,7 @@ def init_consortium(
                 endpoint=spec.endpoint,
                 public_key=pairs[spec.name].public,
                 fingerprint=fingerprint(pairs[spec.name].public),
+                signing_key=identity_from_curve(spec.name, pairs[spec.name].secret).public,
             )
             for spec in description.members
         ),

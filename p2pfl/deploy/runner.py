@@ -343,7 +343,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
         async with contextlib.AsyncExitStack() as stack:
             security, allowlist, keypair = await _link_security(config, base, membership, context, stack)
             progress = ProgressQueue()
-            presence = await _presence(config, membership, security, allowlist, stack)
+            presence = await _presence(config, membership, security, allowlist, stack, base, keypair)
             node = Node(
                 NodeConfig(
                     name=config.name, rounds=config.rounds, round_timeout=config.round_timeout,
@@ -452,10 +452,11 @@ async def _link_security(
 
 async def _presence(
     config: OrgNodeConfig, membership: Membership, security: Any, allowlist: Any,
-    stack: contextlib.AsyncExitStack,
+    stack: contextlib.AsyncExitStack, base: Path, keypair: Any,
 ) -> Any:
     if not config.discovery:
         return None
+    from p2pfl.deploy.discovery import presence_options
     from p2pfl.discovery import MqttPresence
     from p2pfl.security import fingerprint
 
@@ -469,7 +470,10 @@ async def _presence(
 
     # the reachable endpoint from the consortium file; a bind address like 0.0.0.0 is no use to others
     endpoint = membership.own_endpoint or config.bind
-    presence = MqttPresence(config.discovery, membership.consortium_name, config.name, endpoint, own, is_member)
+    options = presence_options(config, base, membership.watch_file, keypair.secret if keypair else None)
+    presence = MqttPresence(
+        config.discovery, membership.consortium_name, config.name, endpoint, own, is_member, **options
+    )
     return await stack.enter_async_context(presence)
 
 
