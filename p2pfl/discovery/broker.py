@@ -185,16 +185,13 @@ def permanent_failure(error: BaseException, what: str, username: str) -> BrokerR
 
     if isinstance(error, MqttConnectError):
         code = getattr(error.rc, "value", error.rc)
-        # MQTT 3.1.1 CONNACK codes 4/5; paho 2 maps them to MQTT 5 reason codes 134/135
-        if code in (4, 134):
+        # MQTT 3.1.1 CONNACK codes 4/5 (mosquitto says 5 for a wrong password too); paho 2
+        # reports them as the MQTT 5 reason codes 134/135
+        if code in (4, 5, 134, 135):
+            who = f"user {username!r}" if username else "an anonymous client"
             return BrokerRefused(
-                f"MQTT broker {what} refused user {username or '(anonymous)'!r}: bad user name or password "
-                "(check discovery_username and discovery_password_file)"
-            )
-        if code in (5, 135):
-            return BrokerRefused(
-                f"MQTT broker {what} refused user {username or '(anonymous)'!r}: not authorised "
-                + ("(this broker needs discovery_username and discovery_password_file)" if not username else "")
+                f"MQTT broker {what} refused {who}: bad user name or password, or not authorised "
+                f"({error}); check discovery_username and discovery_password_file"
             )
         return None
     text = str(error)
