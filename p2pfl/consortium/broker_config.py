@@ -26,11 +26,15 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pfl.consortium._parse import write_atomically
 from p2pfl.consortium.bundle import CONSORTIUM_FILE, KEYS_DIR
 from p2pfl.consortium.public import load_consortium
 from p2pfl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["BrokerConfig", "PASSWORD_FILE", "CA_FILE", "mosquitto_hash", "write_broker_config"]
 
@@ -204,7 +208,7 @@ def make_certificates(folder: Path, hosts: tuple[str, ...]) -> Path:
     return folder / "ca.crt"
 
 
-def _general_name(host: str) -> object:
+def _general_name(host: str) -> x509.GeneralName:
     from cryptography import x509
 
     try:
@@ -213,7 +217,7 @@ def _general_name(host: str) -> object:
         return x509.DNSName(host)
 
 
-def _key_usage(*, signing: bool) -> object:
+def _key_usage(*, signing: bool) -> x509.KeyUsage:
     from cryptography import x509
 
     return x509.KeyUsage(
