@@ -210,6 +210,8 @@ class Membership:
             if self._verifier is not None:
                 will = kind == "status" and data.get("state") == "offline"
                 reason = self._verifier.check(topic, name, data, live=not retained, will=will)
+                if reason == "duplicate":
+                    return False
                 if reason is not None:
                     self.refused[reason] += 1
                     self._verifier.log_refusal(name, reason, kind)

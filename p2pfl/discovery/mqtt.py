@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from p2pfl.security.identity import Identity
 
 log = logging.getLogger(__name__)
+
+#: At most one re-announcement per this many seconds (see ``MqttPresence._on_own_status``).
+REANNOUNCE_INTERVAL = 1.0
 
 
 async def _stop(task: asyncio.Task[None], name: str) -> None:
@@ -150,6 +154,10 @@ class MqttPresence:
         self._last_round: int | None = None  # the last round reported, named when leaving
         self._finished = False
         self._listener: asyncio.Task[None] | None = None
+        self._announced: bytes | None = None  # this session's "online", as published
+        self._reannouncing: asyncio.Task[None] | None = None
+        self._reannounced_at = -REANNOUNCE_INTERVAL
+        self._overwritten = 0  # times someone else wrote on our status topic
 
     async def __aenter__(self) -> MqttPresence:
         if self._listener is not None:
@@ -169,6 +177,9 @@ class MqttPresence:
         listener, self._listener = self._listener, None
         if listener is not None:
             await _stop(listener, self.name)
+        reannouncing, self._reannouncing = self._reannouncing, None
+        if reannouncing is not None:
+            await _stop(reannouncing, self.name)
         if self.refused:
             log.info("node %s ignored announcements from the broker: %s", self.name, dict(sorted(self.refused.items())))
         client, self._client = self._client, None
@@ -273,6 +284,7 @@ class MqttPresence:
         )
         await client.__aenter__()
         try:
+            self._announced = online
             await client.publish(topic, online, qos=1, retain=True)
             if self._progress is not None:
                 progress = progress_topic(self.consortium, self.name)
@@ -295,6 +307,8 @@ class MqttPresence:
             assert client is not None  # set before this task starts, replaced only here
             try:
                 async for message in client.messages:
+                    if str(message.topic) == status_topic(self.consortium, self.name):
+                        self._on_own_status(payload_bytes(message.payload))
                     if self._membership.handle(
                         str(message.topic), payload_bytes(message.payload), bool(message.retain)
                     ):
@@ -306,6 +320,34 @@ class MqttPresence:
             self._client = await retry(self._open_session, None, self.broker, self._login.username)
             self._connected = True
             log.info("node %s reconnected to %s", self.name, self.broker)
+
+    def _on_own_status(self, payload: bytes) -> None:
+        """Someone else's message on our status topic (a stranger, a stale Will of ours) replaced
+        our retained "online" on the broker: whoever subscribes next would read theirs. Publish
+        our "online" again, byte for byte (same sequence number: members that have it ignore it,
+        and our Will stays newer than it), at most once per :data:`REANNOUNCE_INTERVAL`."""
+        if payload == self._announced or (self._reannouncing is not None and not self._reannouncing.done()):
+            return
+        self._overwritten += 1
+        if self._overwritten == 1 or math.log10(self._overwritten).is_integer():
+            log.warning("node %s: another client wrote on its status topic (%d times so far); announcing "
+                        "online again", self.name, self._overwritten)
+        self._reannouncing = asyncio.create_task(self._reannounce(), name=f"p2pfl-mqtt-reannounce-{self.name}")
+
+    async def _reannounce(self) -> None:
+        mqtt = import_aiomqtt()
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._reannounced_at + REANNOUNCE_INTERVAL - loop.time()))
+        client, payload = self._client, self._announced
+        if client is None or payload is None or not self._connected:
+            return  # the next session announces itself anyway
+        self._reannounced_at = loop.time()
+        try:
+            await client.publish(
+                status_topic(self.consortium, self.name), payload, qos=1, retain=True, timeout=PUBLISH_TIMEOUT
+            )
+        except mqtt.MqttError as exc:
+            log.debug("node %s could not announce online again: %s", self.name, exc)
 
     def _notify(self) -> None:
         for callback in list(self._callbacks):

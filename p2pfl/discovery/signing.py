@@ -99,11 +99,14 @@ class Verifier:
 
     def __init__(self, keys: Callable[[str], str | None]) -> None:
         self._keys = keys
-        self._latest: dict[str, tuple[int, int]] = {}  # topic -> (boot, seq) last accepted
+        self._latest: dict[str, tuple[int, int, str]] = {}  # topic -> (boot, seq, sig) last accepted
         self._per_sender: Counter[tuple[str, str]] = Counter()
 
     def check(self, topic: str, name: str, data: Mapping[str, Any], *, live: bool, will: bool) -> str | None:
         """Why ``data`` (parsed from a message on ``topic`` about ``name``) is refused, or None.
+
+        ``duplicate`` is the very message accepted last (a member re-announcing itself after
+        someone overwrote its retained status): nothing to apply, nothing to count.
 
         Args:
             live: delivered as it was published (not replayed from the broker's store).
@@ -125,11 +128,13 @@ class Verifier:
         if not verify_signature(key, signed, signature):
             return "forged"
         previous = self._latest.get(topic)
-        if previous is not None and (boot, seq) <= previous:
+        if previous is not None and (boot, seq, sig) == previous:
+            return "duplicate"
+        if previous is not None and (boot, seq) <= previous[:2]:
             return "replayed"
         if live and not will and not _fresh(data.get("time")):
             return "stale"
-        self._latest[topic] = (boot, seq)
+        self._latest[topic] = (boot, seq, sig)
         return None
 
     def log_refusal(self, name: str, reason: str, what: str) -> None:
