@@ -246,7 +246,9 @@ def _name_problem(value: str) -> str | None:
 
 
 def _discovery_problem(value: str) -> str | None:
-    return None if not value or value.startswith("mqtt://") else f"{value!r}: use mqtt://host:port or leave it empty"
+    if not value or value.startswith(("mqtt://", "mqtts://")):
+        return None
+    return f"{value!r}: use mqtt://host:port, mqtts://host:port (TLS) or leave it empty"
 
 
 def _endpoint(value: str) -> str | None:
@@ -336,7 +338,15 @@ _ALL = [
        check=_learner_problem),
     _S("learner_args", dict[str, Any], {}, "keyword arguments for the learner function", check=_learner_args_problem),
     _S("state_dir", str, "state", "where checkpoints, metrics.jsonl and the final model go"),
-    _S("discovery", str, "", "optional mqtt://host:port for live membership", check=_discovery_problem),
+    _S("discovery", str, "", "optional mqtt://host:port or mqtts://host:port (TLS) for live membership",
+       check=_discovery_problem),
+    _S("discovery_username", str, "", "MQTT user name", shown="this node's name when a password file is given"),
+    _S("discovery_password_file", str, "", "file holding the MQTT password (first line, mode 0600); never the "
+       "password itself"),
+    _S("discovery_ca_file", str, "", "CA certificate (PEM) that signed the broker's, for mqtts://",
+       shown="the system's CAs"),
+    _S("discovery_cert_file", str, "", "client certificate (PEM), for brokers that require one"),
+    _S("discovery_key_file", str, "", "the client certificate's private key (PEM)", shown="in the cert file"),
     _S("hello_interval", float, 1.0, "first delay between greetings while waiting to start", gt=0, unit="seconds"),
 ]
 #: Every setting by key.

@@ -95,7 +95,7 @@ def test_round_timeout_is_60_seconds_in_every_config() -> None:
         ("mode", "eventually", "must be one of sync, async, got 'eventually'"),
         ("staleness", -0.5, "must be >= 0 (0 = no staleness discount), got -0.5"),
         ("start", "soon", "'soon' is not a start condition: use all, none, min:N or at:"),
-        ("discovery", "10.0.0.1:1883", "'10.0.0.1:1883': use mqtt://host:port or leave it empty"),
+        ("discovery", "10.0.0.1:1883", "'10.0.0.1:1883': use mqtt://host:port, mqtts://host:port (TLS) or leave it empty"),
         ("learner", "no_colon", "'no_colon' is not module:function"),
         ("seed", -1, "must be >= 0 and <= 4294967295, got -1"),
     ],
