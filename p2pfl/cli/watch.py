@@ -137,7 +137,7 @@ class WatchTarget:
         """The members' signing keys, or None (no consortium.toml, or one that lists none)."""
         if self.members is None:
             return None
-        from p2pfl.consortium.public import load_consortium
+        from p2pfl.deploy.consortium_file import load_consortium
 
         return load_consortium(self.members).signing_keys() or None
 

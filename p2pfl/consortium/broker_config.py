@@ -28,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2pfl.consortium._parse import write_atomically
+from p2pfl._files import write_atomically
 from p2pfl.consortium.bundle import CONSORTIUM_FILE, KEYS_DIR
-from p2pfl.consortium.public import load_consortium
+from p2pfl.deploy.consortium_file import load_consortium
 from p2pfl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,15 +101,15 @@ def write_broker_config(
     passwords = {name: bundles / name / PASSWORD_FILE for name in consortium.names}
     passwords[watcher] = out / "watch.password"
     hashes = [f"{user}:{mosquitto_hash(_password(path))}\n" for user, path in passwords.items()]
-    write_atomically(out / "passwords", "".join(hashes), 0o600)
-    write_atomically(out / "acl", acl(consortium.name, consortium.names, watcher), 0o644)
+    write_atomically(out / "passwords", "".join(hashes), mode=0o600)
+    write_atomically(out / "acl", acl(consortium.name, consortium.names, watcher), mode=0o644)
     ca = None
     if tls_hosts:
         ca = make_certificates(out / "certs", tls_hosts)
         for name in consortium.names:
             shutil.copyfile(ca, bundles / name / CA_FILE)
     config = out / "mosquitto.conf"
-    write_atomically(config, mosquitto_conf(out.resolve(), port), 0o644)
+    write_atomically(config, mosquitto_conf(out.resolve(), port), mode=0o644)
     return BrokerConfig(config, (*consortium.names, watcher), passwords, ca)
 
 
@@ -157,7 +157,7 @@ def _password(path: Path) -> str:
             return text.splitlines()[0]
     password = secrets.token_urlsafe(24)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, password + "\n", 0o600)
+    write_atomically(path, password + "\n", mode=0o600)
     return password
 
 
@@ -176,7 +176,7 @@ def make_certificates(folder: Path, hosts: tuple[str, ...]) -> Path:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        write_atomically(path, pem.decode("ascii"), 0o600)
+        write_atomically(path, pem.decode("ascii"), mode=0o600)
 
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -203,7 +203,7 @@ def make_certificates(folder: Path, hosts: tuple[str, ...]) -> Path:
     save_key(ca_key, folder / "ca.key")
     save_key(server_key, folder / "server.key")
     for cert, file in ((ca_cert, "ca.crt"), (server_cert, "server.crt")):
-        write_atomically(folder / file, cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), 0o644)
+        write_atomically(folder / file, cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), mode=0o644)
     os.chmod(folder, 0o755)
     return folder / "ca.crt"
 
