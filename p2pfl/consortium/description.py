@@ -51,6 +51,7 @@ class TrainingSettings:
     learner: str = setting("learner")
     learner_args: dict[str, Any] = setting("learner_args")  # init adds index (passed if taken)
     discovery: str = setting("discovery")
+    compress: str = setting("compress")
     secure_aggregation: bool = setting("secure_aggregation")
 
     def __post_init__(self) -> None:
