@@ -174,16 +174,20 @@ class Codec:
         blocks = padded.reshape(m, chunk)
         scale = (np.abs(blocks).max(axis=1) / 127).astype(np.float32)
         safe = np.where(scale > 0, scale, 1).astype(np.float32)
-        # stochastic rounding: floor(y + u) is unbiased, E[q] = y
-        y = blocks / safe[:, None] + rng.random(blocks.shape, dtype=np.float32)
-        q = np.clip(np.floor(y), -127, 127).astype(np.int8).reshape(-1)[: flat.size]
+        # stochastic rounding: floor(y + u) is unbiased, E[q] = y (a model with inf, which the
+        # node reports as non-finite anyway, gives NaN here: no warning for it)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = blocks / safe[:, None] + rng.random(blocks.shape, dtype=np.float32)
+            q = np.clip(np.nan_to_num(np.floor(y)), -127, 127).astype(np.int8).reshape(-1)[: flat.size]
         return q, scale
 
     def _dequantize(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
         flat = q.reshape(-1).astype(np.float32)
-        if not self.chunk:
-            return flat * scale[0] if scale.size else flat
-        return flat * np.repeat(scale, self.chunk)[: flat.size]
+        # a huge scale overflows to inf: refused afterwards as non-finite, not worth a warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not self.chunk:
+                return flat * scale[0] if scale.size else flat
+            return flat * np.repeat(scale, self.chunk)[: flat.size]
 
     # -- receiving -------------------------------------------------------------------------
 
