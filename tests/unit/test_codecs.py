@@ -10,7 +10,7 @@ import pytest
 from p2pfl import wire
 from p2pfl.errors import ConfigError, WireError
 from p2pfl.node.compression import ErrorFeedback, encode_model
-from p2pfl.node.records import NodeConfig
+from p2pfl.node.records import NodeConfig, limits_for
 from p2pfl.settings import SETTINGS
 from p2pfl.wire.codecs import SEED_META, randk_indices
 
@@ -213,3 +213,16 @@ def test_compress_is_refused_with_secure_aggregation() -> None:
         ExperimentConfig(compress="int8", secure_aggregation=True, topology="random-regular:4")
     assert info.value.field == "compress" and "secure aggregation" in str(info.value)
     assert NodeConfig(name="a", rounds=2, compress="int8").compress == "int8"
+
+
+@pytest.mark.parametrize("spec", ["int8", "topk:0.01"])
+def test_a_node_takes_compressed_models_of_many_tensors(spec: str) -> None:
+    """Two parts per tensor: a node's limits (fitted to its own model) leave room for them."""
+    weights = {f"layer{i}.weight": np.ones((3, 3), np.float32) for i in range(200)}
+    limits = limits_for(weights, NodeConfig(name="a", rounds=2, compress=spec))
+    codec = wire.parse_codec(spec)
+    assert codec is not None
+    encoded = codec.encode(weights, np.random.default_rng(0))
+    frames = wire.encode(kind="model", sender="1", round=0, samples=1, tensors=encoded.parts, meta=encoded.meta)
+    message = wire.decode(frames, schema=wire.schema_of(weights), limits=limits, codec=codec)
+    assert len(message.tensors) == 200
