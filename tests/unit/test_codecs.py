@@ -226,3 +226,14 @@ def test_a_node_takes_compressed_models_of_many_tensors(spec: str) -> None:
     frames = wire.encode(kind="model", sender="1", round=0, samples=1, tensors=encoded.parts, meta=encoded.meta)
     message = wire.decode(frames, schema=wire.schema_of(weights), limits=limits, codec=codec)
     assert len(message.tensors) == 200
+
+
+def test_consortium_training_carries_compress_into_every_node_toml() -> None:
+    from p2pfl.consortium.bundle import NODE_KEYS
+    from p2pfl.consortium.description import TrainingSettings
+
+    assert "compress" in NODE_KEYS
+    assert TrainingSettings(learner="pkg.mod:build", compress="fp16").compress == "fp16"
+    with pytest.raises(ConfigError) as info:
+        TrainingSettings(learner="pkg.mod:build", compress="int8", secure_aggregation=True)
+    assert info.value.field == "compress"
