@@ -19,6 +19,7 @@ aggregator spec, a torch device) stay with the config that owns them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -29,14 +30,16 @@ from typing import Any
 from p2pfl.errors import ConfigError
 
 __all__ = [
-    "DP_MODES", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting", "setting_of",
-    "validate",
+    "DP_MODES", "METRICS", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting",
+    "setting_of", "split_names", "validate",
 ]
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
 MODES = ("sync", "async")
 DP_MODES = ("", "sample", "update")  # off | DP-SGD per sample | clipped+noised update per round
 LEARNER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+#: The built-in evaluation metrics (``p2pfl.learning.metrics`` computes them) and what each needs.
+METRICS: Mapping[str, str] = {"auc": "binary", "f1": "binary", "recall": "per class"}
 _METADATA = "p2pfl.setting"
 
 
@@ -48,6 +51,8 @@ class Setting:
     refuses inf and NaN; ``choices`` lists the valid values; ``check`` returns why a
     value is refused (None if fine), or raises the ConfigError itself. ``unit`` and ``note`` only shape the message, e.g.
     ``must be >= 0 (0 = use local_epochs)``. ``shown`` replaces the default in help text.
+    ``parse`` turns a value as written (a file, a flag) into the key's value before it
+    is checked, e.g. ``"auc,f1"`` into ``("auc", "f1")``.
     """
 
     key: str
@@ -64,6 +69,7 @@ class Setting:
     unit: str = ""
     note: str = ""
     shown: str | None = None
+    parse: Callable[[Any], Any] | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not valid for this key, or None."""
@@ -238,6 +244,26 @@ def _compress_problem(value: str) -> str | None:
     return None
 
 
+def split_names(value: Any) -> tuple[str, ...]:
+    """``("auc,f1", "recall")`` or ``"auc,f1"`` as ``("auc", "f1", "recall")``: a list key
+    given comma-separated (``--metrics auc,f1``), repeated, or as a TOML array."""
+    items = (value,) if isinstance(value, str) else tuple(value)
+    return tuple(name.strip() for item in items for name in str(item).split(",") if name.strip())
+
+
+def _metrics_problem(value: tuple[str, ...]) -> str | None:
+    for name in value:
+        if name in METRICS or LEARNER.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(name, METRICS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        valid = ", ".join(f"{key} ({needs})" for key, needs in METRICS.items())
+        return f"unknown metric {name!r}{hint}; valid: {valid}, or module:function for your own"
+    if len(set(value)) != len(value):
+        return f"names a metric twice: {', '.join(value)}"
+    return None
+
+
 def _name_problem(value: str) -> str | None:
     return None if value else "missing; give this node's name"
 
@@ -266,6 +292,9 @@ _ALL = [
     _S("test_fraction", float, 0.2, "share of the dataset held out as the common test set", gt=0, lt=1),
     _S("model", str, "mlp", "mlp, cnn, logreg or module:function(input_shape, num_classes)"),
     _S("seed", int, 0, "seed: fixes data split, partition, init, shuffling and random graphs", ge=0, le=2**32 - 1),
+    _S("metrics", tuple[str, ...], (), "evaluation metrics besides accuracy and loss, comma-separated: auc, f1 "
+       "(binary tasks), recall (per class) or module:function(y_true, y_score)", check=_metrics_problem,
+       parse=split_names, shown="none"),
     # local training
     _S("rounds", int, 40, "communication rounds", ge=1),
     _S("local_epochs", int, 1, "passes over the local data per round", ge=1),

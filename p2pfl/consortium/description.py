@@ -50,6 +50,7 @@ class TrainingSettings:
     start: str = setting("start")
     learner: str = setting("learner")
     learner_args: dict[str, Any] = setting("learner_args")  # init adds index (passed if taken)
+    metrics: tuple[str, ...] = setting("metrics")
     discovery: str = setting("discovery")
     compress: str = setting("compress")
     secure_aggregation: bool = setting("secure_aggregation")

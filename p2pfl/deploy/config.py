@@ -31,6 +31,7 @@ class OrgNodeConfig:
     public_key: str = setting("public_key")
     learner: str = setting("learner")
     learner_args: dict[str, Any] = setting("learner_args")
+    metrics: tuple[str, ...] = setting("metrics")
     rounds: int = setting("rounds")
     local_epochs: int = setting("local_epochs")
     local_steps: int = setting("local_steps")

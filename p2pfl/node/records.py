@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,20 +73,53 @@ class RoundMetrics:
     missing: tuple[str, ...]
     epsilon: float | None = None  # DP learners: privacy spent through this round; else None
     timestamp: float = 0.0  # UNIX time the round's metrics were taken (time-to-accuracy)
+    # the learner's own evaluation metrics (TorchLearner(metrics=...)), e.g. {"auc": 0.93}
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+#: The keys of a ``metrics.jsonl`` row that are not a learner's own metrics.
+ROW_KEYS = frozenset(
+    [f.name for f in dataclasses.fields(RoundMetrics) if f.name != "metrics"] + ["consensus_distance"]
+)
 
 
 def metrics_row(metrics: RoundMetrics) -> dict[str, Any]:
-    """One ``metrics.jsonl`` row (plain data: the peer tuples become lists)."""
+    """One ``metrics.jsonl`` row (plain data: the peer tuples become lists, the learner's
+    own metrics become keys of the row: ``"auc": 0.93``)."""
     row = dict(vars(metrics))  # a flat dataclass: cheaper than asdict's deep copy
     row["received_from"] = list(metrics.received_from)
     row["missing"] = list(metrics.missing)
+    row.update(row.pop("metrics"))
     return row
+
+
+def user_metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys of the learner's own metrics in ``rows``, in the order they first appear."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update((key, None) for key in row if key not in ROW_KEYS)
+    return list(keys)
+
+
+def metrics_summary(final_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """``summary.json``'s ``metrics``: each of the learner's own metrics over the nodes'
+    final rows, ``{"auc": {"mean": .., "min": .., "max": ..}}`` (null where no node has a
+    number, e.g. the recall of a class missing from the test set)."""
+    summary: dict[str, dict[str, float | None]] = {}
+    for key in user_metric_keys(final_rows):
+        values = [float(v) for row in final_rows if isinstance(v := row.get(key), (int, float)) and math.isfinite(v)]
+        summary[key] = {
+            "mean": sum(values) / len(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+        }
+    return summary
 
 
 def summary_json(summary: Mapping[str, Any]) -> str:
     """``summary.json``'s text: NaN/Inf (e.g. diverged models' distance) become null, as in
     metrics.jsonl, since bare NaN is not JSON and strict readers refuse the file."""
-    return json.dumps(_finite_or_null(summary), indent=2) + "\n"
+    return json.dumps(_finite_value(summary), indent=2) + "\n"
 
 
 def json_line(row: Mapping[str, Any]) -> str:
@@ -95,7 +128,19 @@ def json_line(row: Mapping[str, Any]) -> str:
 
 
 def _finite_or_null(row: Mapping[str, Any]) -> dict[str, Any]:
+    # a row is flat (written once per node and round: kept to one pass)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def _finite_value(value: Any) -> Any:
+    """``value`` with NaN/Inf as None, at any depth (summary.json nests tables)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_value(v) for v in value]
+    return value
 
 
 @dataclass

@@ -24,6 +24,7 @@ class ExperimentConfig:
     dataset: str = setting("dataset")
     partition: str = setting("partition")
     model: str = setting("model")
+    metrics: tuple[str, ...] = setting("metrics")
     rounds: int = setting("rounds")
     local_epochs: int = setting("local_epochs")
     local_steps: int = setting("local_steps")
