@@ -237,3 +237,12 @@ def test_consortium_training_carries_compress_into_every_node_toml() -> None:
     with pytest.raises(ConfigError) as info:
         TrainingSettings(learner="pkg.mod:build", compress="int8", secure_aggregation=True)
     assert info.value.field == "compress"
+
+
+def test_report_titles_name_the_codec() -> None:
+    from p2pfl.report import run_title
+
+    rows = [{"node": "0", "round": 0}]
+    base = {"nodes": 16, "topology": "ring", "mode": "sync", "rounds": 40}
+    assert run_title({**base, "compress": "int8"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress int8"
+    assert run_title({**base, "compress": ""}, rows) == "ring, 16 nodes, sync, 40 rounds"
