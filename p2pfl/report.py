@@ -1,8 +1,8 @@
 """PNG plots of a run's ``metrics.jsonl``: accuracy per node, consensus distance, traffic,
 the learners' own metrics (and accuracy against ε for a differentially private run).
 
-Every figure's title says which run it is (topology, dataset, nodes, mode and rounds from
-``summary.json``; a rehearsal's consortium and members), and a run of a few nodes (any
+Every figure's title says which run it is (topology, dataset, nodes, mode, rounds and the
+codec from ``summary.json``; a rehearsal's consortium and members), and a run of a few nodes (any
 rehearsal) names each node's line, so a deployed member finds its own.
 """
 
@@ -77,6 +77,9 @@ def run_title(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{key} {config[key]}" for key in ("aggregator", "attack", "dp")
         if config.get(key) and config.get(key) != "mean"
     ]
+    codec = summary.get("compress") or config.get("compress")
+    if codec:  # runs compared by codec: the plot says which
+        extras.append(f"compress {codec}")
     return ", ".join(details + extras)
 
 

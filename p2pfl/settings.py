@@ -221,6 +221,29 @@ def _learner_args_problem(value: Mapping[Any, Any]) -> str | None:
     return None
 
 
+#: ``compress``'s grammar (:func:`p2pfl.wire.codecs.parse_codec` reads it; settings import no wire)
+_COMPRESS = re.compile(r"fp16|bf16|int8(:[1-9]\d{0,9})?|(topk|randk):(?P<f>[0-9.eE+-]+)")
+
+
+def _compress_problem(value: str) -> str | None:
+    match = _COMPRESS.fullmatch(value)
+    valid = "use fp16, bf16, int8, int8:CHUNK, topk:F or randk:F (F in (0, 1]), or leave it empty"
+    if not value:
+        return None
+    if match is None:
+        return f"{value!r}: {valid}"
+    if match["f"] is not None:
+        try:
+            fraction = float(match["f"])
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction <= 1:
+            return f"{value!r}: the fraction must be in (0, 1], e.g. {value.split(':')[0]}:0.01"
+    elif value.startswith("int8:") and int(value[5:]) > 2**31:
+        return f"{value!r}: the chunk size must be in [1, 2**31]"
+    return None
+
+
 def split_names(value: Any) -> tuple[str, ...]:
     """``("auc,f1", "recall")`` or ``"auc,f1"`` as ``("auc", "f1", "recall")``: a list key
     given comma-separated (``--metrics auc,f1``), repeated, or as a TOML array."""
@@ -324,6 +347,9 @@ _ALL = [
     _S("noise", float, 0.0, "with dp: noise multiplier (noise std / clip) instead of target_epsilon", ge=0),
     _S("clip", float, 1.0, "with dp: L2 bound of per-sample gradients (sample) or round updates (update)", gt=0),
     _S("delta", float, 1e-5, "with dp: delta of the reported (epsilon, delta)", gt=0, lt=1),
+    _S("compress", str, "", "compress models on the wire with error feedback: fp16, bf16, int8[:CHUNK] "
+       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F (meant for CHOCO, "
+       "coming); every member must use the same", check=_compress_problem, shown="off"),
     _S("secure_aggregation", bool, False, "secure aggregation: each node learns only the weighted sum of its "
        "neighbours' models (pairwise masks; needs >= 3 neighbours per node, mode sync, aggregator mean)"),
     # one organisation's node
@@ -435,6 +461,13 @@ def _privacy(v: Mapping[str, Any]) -> None:
         raise ConfigError("noise", "give noise or target_epsilon, not both (the target picks the noise)")
     if not (target or noise):
         raise ConfigError("target_epsilon", f"dp = {dp!r} needs target_epsilon > 0 or noise > 0 (else epsilon is infinite)")
+
+
+@_rule("compress", "secure_aggregation")
+def _compress_not_secure(v: Mapping[str, Any]) -> None:
+    if v["compress"] and v["secure_aggregation"]:
+        raise ConfigError("compress", "does not compose with secure aggregation (masked fixed point): "
+                          "leave compress empty or turn secure_aggregation off")
 
 
 @_rule("secure_aggregation")

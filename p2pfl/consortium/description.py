@@ -57,6 +57,7 @@ class TrainingSettings:
     discovery_ca_file: str = setting("discovery_ca_file")
     discovery_cert_file: str = setting("discovery_cert_file")
     discovery_key_file: str = setting("discovery_key_file")
+    compress: str = setting("compress")
     secure_aggregation: bool = setting("secure_aggregation")
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ class OrgNodeConfig:
     mode: str = setting("mode")
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
+    compress: str = setting("compress")
     start: str = setting("start")
     state_dir: str = setting("state_dir")
     discovery: str = setting("discovery")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's 
 class NodeConfig:
     """How one node runs its rounds.
 
-    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness`` and ``staleness_grace``
+    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness``, ``staleness_grace`` and ``compress``
     are the settings of :mod:`p2pfl.settings` (same defaults and checks as in node.toml).
 
     Attributes:
@@ -38,6 +38,8 @@ class NodeConfig:
         staleness: async mode: a model ``s`` clock ticks behind beyond the grace counts
             ``(1 + s) ** -staleness`` of its mixing weight (0 = no discount).
         staleness_grace: async mode: clock ticks of lag that are not discounted.
+        compress: the codec model messages travel with (``""`` = none; see
+            :mod:`p2pfl.wire.codecs`); models compressed otherwise are refused.
     """
 
     name: str = setting("name", required=True)
@@ -49,6 +51,7 @@ class NodeConfig:
     mode: str = setting("mode")
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
+    compress: str = setting("compress")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -171,7 +174,8 @@ def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimit
         max_header_bytes=min(limits.max_header_bytes, 4 * header + 64 * 1024),
         # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
         max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
-        max_tensors=min(limits.max_tensors, len(weights) + 64),
+        # a compressed model (int8, topk) carries up to two parts per tensor
+        max_tensors=min(limits.max_tensors, (2 if config.compress else 1) * len(weights) + 64),
     )
 
 

@@ -39,6 +39,7 @@ class ExperimentConfig:
     mode: str = setting("mode")
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
+    compress: str = setting("compress")
     slow_nodes: int = setting("slow_nodes")
     slowdown: float = setting("slowdown")
     step_seconds: float = setting("step_seconds")

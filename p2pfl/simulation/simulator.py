@@ -275,6 +275,7 @@ def _summary(
         "metrics": metrics_summary(final_round),  # the learners' own (--metrics): mean/min/max
         "attackers": list(experiment.attackers),
         "mode": config.mode,
+        "compress": config.compress,  # the codec models travelled with ("" = none)
         "slow_nodes": list(experiment.slow),
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
         "honest_min_accuracy": min(honest) if honest else None,
