@@ -6,9 +6,9 @@ handlers or torch imports happen until you use something (public names load lazi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from p2pfl._lazy import lazy_exports
 from p2pfl.errors import (
     ConfigError,
     DataError,
@@ -90,17 +90,7 @@ __all__ = sorted(
 )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'p2pfl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('p2pfl', globals(), _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names

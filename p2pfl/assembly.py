@@ -95,6 +95,8 @@ class NodeSettings(Protocol):
     def staleness(self) -> float: ...
     @property
     def staleness_grace(self) -> int: ...
+    @property
+    def compress(self) -> str: ...
 
 
 def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> NodeConfig:
@@ -102,7 +104,7 @@ def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> Node
     return NodeConfig(
         name=name, rounds=settings.rounds, round_timeout=settings.round_timeout,
         start_round=start_round, mode=settings.mode, staleness=settings.staleness,
-        staleness_grace=settings.staleness_grace,
+        staleness_grace=settings.staleness_grace, compress=settings.compress,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from p2pfl.errors import ConfigError
+from p2pfl.settings import setting_of
 
 C = TypeVar("C")
 
@@ -37,7 +38,9 @@ def config_from_mapping(cls: type[C], values: Mapping[str, Any], *, base: C | No
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(key, f"unknown key{hint}; valid keys: {', '.join(sorted(fields))}")
-        converted[name] = _coerce(name, value, hints[name])
+        value = _coerce(name, value, hints[name])
+        spec = setting_of(fields[name])
+        converted[name] = spec.parse(value) if spec is not None and spec.parse is not None else value
     if base is not None:
         return dataclasses.replace(base, **converted)  # type: ignore[type-var]
     return cls(**converted)

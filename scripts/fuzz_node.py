@@ -13,6 +13,7 @@ impersonates it (plain links are unauthenticated).
 
     python scripts/fuzz_node.py                      # 100,000 hostile messages
     python scripts/fuzz_node.py --messages 2000 --json
+    python scripts/fuzz_node.py --messages 20000 --compress int8   # a compressing node
 
 Prints throughput, rejections by reason, the RSS peak over the baseline, the inbox's
 largest size and whether the honest peer's model made every round; exits 1 if any of
@@ -41,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="hostile messages to send")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compress", default="", help="the attacked node's codec (fp16, int8, topk:0.5, ...)")
     parser.add_argument("--rounds", type=int, default=None, help="node rounds (default: messages/1000, >= 4)")
     parser.add_argument("--rss-bound-mb", type=float, default=200.0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before it counts as a hang")
@@ -49,7 +51,7 @@ def main() -> int:
     # the node logs the first rejections of each reason and then every 1000th: keep it quiet
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(attack(
-        args.messages, seed=args.seed, rounds=args.rounds, timeout=args.timeout,
+        args.messages, seed=args.seed, rounds=args.rounds, timeout=args.timeout, compress=args.compress,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     ))
     failures = check(report, rss_bound_mb=args.rss_bound_mb)

@@ -30,6 +30,23 @@ def register(commands: Any) -> None:
     check.add_argument("path", help="bundles directory written by init, or a description .toml")
     check.set_defaults(handler=run_check)
 
+    broker = sub.add_parser(
+        "broker-config", help="a locked-down mosquitto for discovery: TLS, a password per member, per-member ACLs",
+        description="Write mosquitto.conf, an ACL (member X publishes only under p2pfl/<consortium>/nodes/X/), "
+        "a password file and a read-only watcher login into DIR; each member's password goes to "
+        "BUNDLES/<member>/keys/mqtt.password (kept when it exists).",
+    )
+    broker.add_argument("bundles", help="bundles directory written by init")
+    broker.add_argument("--out", required=True, metavar="DIR", help="where the broker's files go")
+    broker.add_argument("--port", type=int, default=8883, help="the TLS listener's port (default 8883)")
+    broker.add_argument(
+        "--tls-host", action="append", default=[], metavar="HOST",
+        help="a name or IP the broker is reached at (repeatable): makes a CA and the broker's certificate "
+        "in DIR/certs and copies the CA to BUNDLES/<member>/keys/mqtt-ca.crt; without it, bring your own",
+    )
+    broker.add_argument("--watcher", default="watch", help="read-only user for p2pfl watch (default watch)")
+    broker.set_defaults(handler=run_broker_config)
+
     rehearse = sub.add_parser(
         "rehearse", help="run every member as a local process (127.0.0.1, Curve on) and merge the results"
     )
@@ -57,6 +74,25 @@ def run_init(args: argparse.Namespace) -> int:
     for path, keys in bundles.changed_settings.items():
         print(f"warning: {path}: {', '.join(keys)} changed or dropped; put lasting settings in the description")
     print("send each organisation only its own bundle directory (it holds its secret key)")
+    return 0
+
+
+def run_broker_config(args: argparse.Namespace) -> int:
+    from p2pfl.consortium.broker_config import write_broker_config
+
+    written = write_broker_config(
+        args.bundles, args.out, port=args.port, watcher=args.watcher, tls_hosts=tuple(args.tls_host)
+    )
+    out = Path(args.out)
+    print(f"wrote {written.config}, {out / 'acl'} and {out / 'passwords'} for users {', '.join(written.users)}")
+    for user, path in written.passwords.items():
+        print(f"  {user:<20} password in {path}")
+    if written.ca is not None:
+        print(f"CA {written.ca} (its key {written.ca.with_suffix('.key')} signs nothing else: keep it offline); "
+              f"the broker's certificate is for {', '.join(args.tls_host)}")
+    else:
+        print(f"put the broker's certificate, key and CA in {out / 'certs'} (server.crt, server.key, ca.crt)")
+    print(f"start it: mosquitto -c {written.config}")
     return 0
 
 

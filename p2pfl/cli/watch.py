@@ -8,7 +8,9 @@ import contextlib
 import sys
 import time
 import tomllib
+from collections import Counter
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
     from p2pfl.discovery import MemberStatus
+    from p2pfl.discovery.broker import BrokerLogin
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 ONCE_SECONDS = 2.0
@@ -42,8 +45,18 @@ States:
 --consortium takes the consortium's name or a file (a value ending in .toml or containing a
 '/'): its consortium.toml, a member's node.toml, or the description given to `p2pfl consortium
 init`. Unless --broker is given, the broker then comes from the file's discovery key, else from
-the node.toml beside it. With --once, exit code 2 (and the consortium names the broker knows)
-when no node of the consortium has announced itself."""
+the node.toml beside it; so do the user name, password file and TLS files (discovery_username,
+discovery_password_file, discovery_ca_file, ...) unless given as flags. With a consortium.toml
+that lists signing keys (directly or beside a node.toml), only announcements signed by their
+member are shown, and the header counts the refused ones; with a bare name, nothing is verified.
+With --once, exit code 2 (and the consortium names the broker knows) when no node of the
+consortium has announced itself."""
+
+#: flag -> node.toml key: the broker login, from the flags or else from a node.toml.
+LOGIN_FLAGS = {
+    "username": "discovery_username", "password_file": "discovery_password_file",
+    "ca_file": "discovery_ca_file", "cert_file": "discovery_cert_file", "key_file": "discovery_key_file",
+}
 
 
 def register(commands: Any) -> None:
@@ -52,7 +65,8 @@ def register(commands: Any) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--broker", help=f"mqtt://HOST:PORT (default: from the consortium file, else {DEFAULT_BROKER})"
+        "--broker",
+        help=f"mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) (default: from the consortium file, else {DEFAULT_BROKER})",
     )
     parser.add_argument(
         "--consortium", required=True, metavar="NAME|FILE", help="the consortium's name or its consortium.toml"
@@ -64,19 +78,78 @@ def register(commands: Any) -> None:
         "--timeout", type=float,
         help=f"seconds to collect with --once (default {ONCE_SECONDS:g}); otherwise stop watching after this long",
     )
+    login = parser.add_argument_group("broker login (default: the node.toml's discovery_* keys, if one is given)")
+    login.add_argument("--username", help="MQTT user name")
+    login.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password (mode 0600)")
+    login.add_argument("--ca-file", metavar="PEM", help="CA certificate of the broker's, for mqtts://")
+    login.add_argument("--cert-file", metavar="PEM", help="client certificate, for brokers that require one")
+    login.add_argument("--key-file", metavar="PEM", help="the client certificate's private key")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise ConfigError("--timeout", f"must be a positive number of seconds, got {args.timeout}")
-    consortium, broker = resolve_consortium(args.consortium, args.broker)
+    target = locate(args.consortium, args.broker)
+    login = target.login({flag: getattr(args, flag) for flag in LOGIN_FLAGS})
+    keys = target.signing_keys()
+    if target.members is not None and keys is None:
+        print(f"p2pfl watch: warning: {target.members} lists no signing keys (an older p2pfl wrote it): "
+              "announcements are shown unverified", file=sys.stderr)
     seconds = args.timeout if args.timeout is not None or not args.once else ONCE_SECONDS
-    return asyncio.run(_watch(broker, consortium, seconds, args.once, sys.stdout, sys.stderr))
+    return asyncio.run(_watch(target.broker, target.name, seconds, args.once, sys.stdout, sys.stderr,
+                              login=login, signing_keys=keys))
+
+
+@dataclass(frozen=True)
+class WatchTarget:
+    """What ``--consortium NAME|FILE`` and ``--broker`` resolve to.
+
+    Attributes:
+        name: the consortium's name.
+        broker: the broker URL.
+        members: the consortium.toml (with the members' signing keys), if one was found.
+        node: a node.toml whose ``discovery_*`` keys give the login defaults, if one was found.
+    """
+
+    name: str
+    broker: str
+    members: Path | None = None
+    node: Path | None = None
+
+    def login(self, flags: dict[str, str | None]) -> BrokerLogin:
+        """The broker login: each flag given, else the node.toml's key (relative to it)."""
+        from p2pfl.discovery.broker import BrokerLogin
+
+        node = _read_toml(self.node) if self.node is not None else {}
+        folder = self.node.parent if self.node is not None else Path()
+        values: dict[str, str] = {}
+        for flag, key in LOGIN_FLAGS.items():
+            value = flags.get(flag)
+            if value is None and isinstance(node.get(key), str) and node[key]:
+                value = node[key] if flag == "username" else str(folder / Path(node[key]).expanduser())
+            values[flag] = value or ""
+        if not values["username"] and values["password_file"] and isinstance(node.get("name"), str):
+            values["username"] = node["name"]  # as the node itself does
+        return BrokerLogin(**values)
+
+    def signing_keys(self) -> dict[str, str] | None:
+        """The members' signing keys, or None (no consortium.toml, or one that lists none)."""
+        if self.members is None:
+            return None
+        from p2pfl.deploy.consortium_file import load_consortium
+
+        return load_consortium(self.members).signing_keys() or None
 
 
 def resolve_consortium(value: str, broker: str | None) -> tuple[str, str]:
-    """The consortium's name and broker from ``--consortium NAME|FILE`` and ``--broker``.
+    """The consortium's name and broker from ``--consortium NAME|FILE`` and ``--broker``."""
+    target = locate(value, broker)
+    return target.name, target.broker
+
+
+def locate(value: str, broker: str | None) -> WatchTarget:
+    """Resolve ``--consortium NAME|FILE`` and ``--broker``.
 
     A value ending in ``.toml`` or containing a ``/`` is a file: consortium.toml (or a
     description, with ``[training] discovery``) or a node.toml (``consortium = "..."``).
@@ -86,12 +159,13 @@ def resolve_consortium(value: str, broker: str | None) -> tuple[str, str]:
     """
     path = Path(value)
     if path.suffix != ".toml" and "/" not in value and "\\" not in value:
-        return value, broker or DEFAULT_BROKER
+        return WatchTarget(value, broker or DEFAULT_BROKER)
     document = _read_toml(path)
     found = _discovery(document)
+    node: Path | None = None
     linked = document.get("consortium")
     if isinstance(linked, str) and "bind" in document:  # a node.toml: its consortium file is beside it
-        path = path.parent / linked
+        node, path = path, path.parent / linked
         document = _read_toml(path)
         found = found or _discovery(document)
     name = document.get("name")
@@ -102,7 +176,11 @@ def resolve_consortium(value: str, broker: str | None) -> tuple[str, str]:
     if found is None:
         beside = path.parent / "node.toml"
         found = _discovery(_read_toml(beside)) if beside.is_file() else None
-    return name, broker or found or DEFAULT_BROKER
+    listed = document.get("members")
+    # a consortium.toml lists keys; a description lists hosts and ports
+    keyed = isinstance(listed, list) and any(isinstance(m, dict) and "public_key" in m for m in listed)
+    members = path if keyed else None
+    return WatchTarget(name, broker or found or DEFAULT_BROKER, members, node)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -134,7 +212,8 @@ def not_found(consortium: str, broker: str, known: list[str]) -> str:
 
 
 async def _watch(
-    broker: str, consortium: str, seconds: float | None, once: bool, out: TextIO, err: TextIO
+    broker: str, consortium: str, seconds: float | None, once: bool, out: TextIO, err: TextIO,
+    *, login: BrokerLogin | None = None, signing_keys: dict[str, str] | None = None,
 ) -> int:
     from p2pfl.discovery import consortia_on, watch_consortium
 
@@ -143,7 +222,10 @@ async def _watch(
     latest: dict[str, MemberStatus] = {}
     hint: str | None = None
     loop = asyncio.get_running_loop()
-    async with aclosing(watch_consortium(broker, consortium)) as snapshots:
+    refused: Counter[str] | None = Counter() if signing_keys is not None else None
+    header = _Header(broker, consortium, refused)
+    watching = watch_consortium(broker, consortium, login=login, signing_keys=signing_keys, refused=refused)
+    async with aclosing(watching) as snapshots:
         # The clock starts once subscribed (first snapshot), so a slow connection does not
         # eat the collection time; retained announcements arrive right after that.
         latest = await anext(snapshots)
@@ -155,17 +237,17 @@ async def _watch(
                 if hint_at is not None and loop.time() >= hint_at:
                     hint_at = None
                     if not latest:
-                        hint = not_found(consortium, broker, await consortia_on(broker)) + "; still watching"
+                        hint = not_found(consortium, broker, await consortia_on(broker, login=login)) + "; still watching"
                         if changes is not None:
                             print(f"p2pfl watch: {hint}", file=err, flush=True)
                 if changes is not None:
                     changes.update(latest)
                 elif live:
-                    _show(out, broker, consortium, latest, live, hint)
+                    _show(out, header, latest, live, hint)
     if once:
         if not latest:
-            raise ConfigError("--consortium", not_found(consortium, broker, await consortia_on(broker)))
-        _show(out, broker, consortium, latest, live=False)
+            raise ConfigError("--consortium", not_found(consortium, broker, await consortia_on(broker, login=login)))
+        _show(out, header, latest, live=False)
     return 0
 
 
@@ -237,17 +319,26 @@ def change_line(member: MemberStatus) -> str:
     return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class _Header:
+    broker: str
+    consortium: str
+    refused: Counter[str] | None  # None: signatures are not checked
+
+    def line(self, members: dict[str, MemberStatus]) -> str:
+        online = sum(m.state == "online" for m in members.values())
+        text = f"consortium {self.consortium} on {self.broker}: {online} online, {len(members)} known"
+        if self.refused is not None:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.refused.items()))
+            text += f", signatures checked ({sum(self.refused.values())} refused{': ' + counts if counts else ''})"
+        return f"{text} (at {time.strftime('%H:%M:%S')})"
+
+
 def _show(
-    out: TextIO, broker: str, consortium: str, members: dict[str, MemberStatus], live: bool,
-    hint: str | None = None,
+    out: TextIO, header: _Header, members: dict[str, MemberStatus], live: bool, hint: str | None = None,
 ) -> None:
-    online = sum(m.state == "online" for m in members.values())
-    header = (
-        f"consortium {consortium} on {broker}: {online} online, {len(members)} known"
-        f" (at {time.strftime('%H:%M:%S')})"
-    )
     body = format_table(members) if members else hint or "no node has announced itself yet"
-    text = f"{header}\n{body}\n"
+    text = f"{header.line(members)}\n{body}\n"
     out.write(REDRAW + text if live else text + "\n")
     out.flush()
 

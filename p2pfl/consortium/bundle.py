@@ -39,6 +39,7 @@ from p2pfl.consortium.description import (
 )
 from p2pfl.deploy.consortium_file import Consortium, Member, write_consortium
 from p2pfl.errors import ConfigError
+from p2pfl.security.identity import identity_from_curve
 from p2pfl.security.keys import (
     KeyPair,
     fingerprint,
@@ -162,6 +163,7 @@ def init_consortium(
                 endpoint=spec.endpoint,
                 public_key=pairs[spec.name].public,
                 fingerprint=fingerprint(pairs[spec.name].public),
+                signing_key=identity_from_curve(spec.name, pairs[spec.name].secret).public,
             )
             for spec in description.members
         ),

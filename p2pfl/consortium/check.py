@@ -173,6 +173,7 @@ def _check_keys(member: Member, secret: Path, public: Path) -> list[str]:
             f"secret key {secret} does not match the public key listed in consortium.toml "
             f"(listed {member.fingerprint}, secret key gives {_fingerprint(derived)})"
         )
+    problems.extend(_check_signing_key(member, secret_key.decode("ascii")))
     try:
         if read_public_key(public) != member.public_key:
             problems.append(
@@ -182,6 +183,22 @@ def _check_keys(member: Member, secret: Path, public: Path) -> list[str]:
     except P2PFLError as exc:
         problems.append(str(exc))
     return problems
+
+
+def _check_signing_key(member: Member, secret_key: str) -> list[str]:
+    from p2pfl.security.identity import identity_from_curve
+
+    if not member.signing_key:
+        return [
+            f"consortium.toml lists no signing_key for {member.name!r}: its presence on an MQTT broker cannot "
+            "be verified; run 'p2pfl consortium init DESCRIPTION --out DIR --force --keep-keys'"
+        ]
+    if identity_from_curve(member.name, secret_key).public != member.signing_key:
+        return [
+            f"the signing_key listed for {member.name!r} in consortium.toml is not the one its secret key "
+            "gives; run 'p2pfl consortium init DESCRIPTION --out DIR --force --keep-keys'"
+        ]
+    return []
 
 
 def _fingerprint(key: str) -> str:

@@ -50,7 +50,14 @@ class TrainingSettings:
     start: str = setting("start")
     learner: str = setting("learner")
     learner_args: dict[str, Any] = setting("learner_args")  # init adds index (passed if taken)
+    metrics: tuple[str, ...] = setting("metrics")
     discovery: str = setting("discovery")
+    discovery_username: str = setting("discovery_username")
+    discovery_password_file: str = setting("discovery_password_file")
+    discovery_ca_file: str = setting("discovery_ca_file")
+    discovery_cert_file: str = setting("discovery_cert_file")
+    discovery_key_file: str = setting("discovery_key_file")
+    compress: str = setting("compress")
     secure_aggregation: bool = setting("secure_aggregation")
 
     def __post_init__(self) -> None:

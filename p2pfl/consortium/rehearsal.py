@@ -25,8 +25,9 @@ import numpy as np
 from p2pfl._toml import dumps, read_toml
 from p2pfl.aggregation.consensus import model_distances
 from p2pfl.consortium.bundle import init_consortium
-from p2pfl.consortium.description import load_description
-from p2pfl.node.records import summary_json
+from p2pfl.consortium.description import Description, load_description
+from p2pfl.node.records import metrics_summary, summary_json
+from p2pfl.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def rehearse(
     local = _localise(Path(description_path), out / "description.toml", torch_threads)
     bundles = out / "bundles"
     init_consortium(local, bundles, force=True)
-    names = load_description(local).names
+    description = load_description(local)
+    names = description.names
     (out / "logs").mkdir(exist_ok=True)
     started = time.perf_counter()
     processes = {}
@@ -85,7 +87,7 @@ def rehearse(
             process.wait()
             returncodes[name] = None
     wall = time.perf_counter() - started
-    summary = collect(bundles, names, out, wall)
+    summary = {**_what_ran(description), **collect(bundles, names, out, wall)}
     summary["returncodes"] = returncodes
     (out / "summary.json").write_text(summary_json(summary))
     return RehearsalResult(out, summary, returncodes)
@@ -114,9 +116,25 @@ def collect(bundles: Path, names: list[str], out: Path, wall: float) -> dict[str
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,
         "accuracy_by_member": {r["node"]: r["test_accuracy"] for r in finals},
+        "metrics": metrics_summary(finals),  # the learners' own ([training] metrics): mean/min/max
         "consensus_distance": distances,
         "wall_seconds": wall,
         "bytes_sent_total": sum(r["bytes_sent"] for r in rows),
+    }
+
+
+def _what_ran(description: Description) -> dict[str, Any]:
+    """Which run this is, for the summary and the report's titles: the consortium, its
+    members (the names deployed nodes take), topology, rounds and data."""
+    training = description.training
+    bundled = training.learner.startswith("p2pfl.examples.bundled:")
+    return {
+        "consortium": description.name,
+        "members": description.names,
+        "topology": description.topology,
+        "rounds": training.rounds,
+        # the bundled learner names its dataset; an organisation's own learner is its data
+        "dataset": training.learner_args.get("dataset", SETTINGS["dataset"].default) if bundled else training.learner,
     }
 
 

@@ -44,12 +44,16 @@ class Member:
         endpoint: where the others connect, ``tcp://host:port``.
         public_key: its CurveZMQ public key (40 characters of Z85).
         fingerprint: short hash of the public key, for comparing keys by eye.
+        signing_key: its Ed25519 public key (Z85), derived from its Curve secret key; it
+            verifies what the member signs (presence on the MQTT broker). Empty in files
+            written before signing existed: their members' announcements cannot be verified.
     """
 
     name: str = ""
     endpoint: str = ""
     public_key: str = ""
     fingerprint: str = ""
+    signing_key: str = ""
 
     @property
     def host(self) -> str:
@@ -104,6 +108,10 @@ class Consortium:
         """Member name -> public key (Z85)."""
         return {m.name: m.public_key for m in self.members}
 
+    def signing_keys(self) -> dict[str, str]:
+        """Member name -> Ed25519 signing public key (Z85), for the members that list one."""
+        return {m.name: m.signing_key for m in self.members if m.signing_key}
+
 
 @dataclass(frozen=True)
 class _Header:
@@ -117,7 +125,8 @@ def load_consortium(path: str | Path) -> Consortium:
     """Read and validate a consortium.toml.
 
     Checks every key, each public key's form and that each fingerprint belongs to its
-    key, and that names and keys are unique. Duplicate endpoints are left to
+    key, and that names and keys (signing keys too) are unique. ``signing_key`` is optional
+    (files written before it existed); whoever verifies signatures must say so when it is missing. Duplicate endpoints are left to
     :func:`~p2pfl.consortium.check.check_bundles`, which reports rather than raises.
 
     Raises:
@@ -139,7 +148,10 @@ def write_consortium(consortium: Consortium, path: str | Path) -> None:
         "mixing": consortium.mixing,
         "seed": consortium.seed,
         "members": [
-            {"name": m.name, "endpoint": m.endpoint, "public_key": m.public_key, "fingerprint": m.fingerprint}
+            {
+                "name": m.name, "endpoint": m.endpoint, "public_key": m.public_key, "fingerprint": m.fingerprint,
+                **({"signing_key": m.signing_key} if m.signing_key else {}),
+            }
             for m in consortium.members
         ],
     }
@@ -211,6 +223,7 @@ def _parse(values: dict[str, Any]) -> Consortium:
     members: list[Member] = []
     names: dict[str, int] = {}
     keys: dict[str, int] = {}
+    signing: dict[str, int] = {}
     for i, raw in enumerate(raw_members):
         where = f"members[{i}]"
         member = build(Member, table(raw, where), f"{where}.")
@@ -239,6 +252,15 @@ def _parse(values: dict[str, Any]) -> Consortium:
                 f"{member.fingerprint!r} does not belong to {member.name!r}'s public key (expected {expected}); "
                 "the file was edited by hand: re-run 'p2pfl consortium init --force --keep-keys'",
             )
+        if member.signing_key:
+            validate_key(member.signing_key, f"{where}.signing_key")
+            if member.signing_key in signing:
+                raise ConfigError(
+                    f"{where}.signing_key",
+                    f"{member.name!r} has the same signing key as members[{signing[member.signing_key]}]; "
+                    "re-run 'p2pfl consortium init --force --keep-keys'",
+                )
+            signing[member.signing_key] = i
         members.append(member)
     return Consortium(
         name=header.name,

@@ -19,6 +19,7 @@ from typing import Any
 from p2pfl.deploy.config import OrgNodeConfig
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.learning.learner import Learner, TorchLearner
+from p2pfl.learning.metrics import check_metrics, resolve_metrics
 
 __all__ = ["build_learner", "import_learner", "learner_kwargs"]
 
@@ -44,7 +45,26 @@ def build_learner(config: OrgNodeConfig, base: Path) -> Learner:
     if isinstance(learner, TorchLearner):  # the schedule in node.toml wins
         learner.local_epochs = config.local_epochs
         learner.local_steps = config.local_steps or None
+    if config.metrics:
+        _use_metrics(config, learner)
     return learner
+
+
+def _use_metrics(config: OrgNodeConfig, learner: Learner) -> None:
+    """Add node.toml's ``metrics`` to the learner's own, refusing binary ones on a
+    multi-class model before the first round (one forward pass tells the classes)."""
+    if not isinstance(learner, TorchLearner):
+        raise ConfigError(
+            "metrics", f"{config.learner} returned {type(learner).__name__}, which p2pfl cannot add metrics to: "
+            "return a p2pfl.TorchLearner, or compute them in its evaluate() (EvalResult.metrics)"
+        )
+    metrics = {**learner.metrics, **resolve_metrics(config.metrics)}
+    try:
+        classes = learner.output_classes()
+    except Exception as exc:  # the organisation's model or data failing on its first batch
+        raise ConfigError("learner", f"{config.learner}: evaluating one test batch failed: {type(exc).__name__}: {exc}") from exc
+    check_metrics(metrics, classes, f"{config.learner}'s model")
+    learner.metrics = metrics
 
 
 def import_learner(spec: str, base: Path) -> Callable[..., Any]:

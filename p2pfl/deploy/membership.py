@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from p2pfl.deploy.config import OrgNodeConfig, resolve
 from p2pfl.deploy.consortium_file import allow_list_loader, load_consortium
@@ -27,7 +25,7 @@ from p2pfl.topology.schedule import GossipSchedule
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "RELOAD_POLL_SECONDS", "Membership", "NeighbourListSchedule", "load_membership", "signing_keys_reader",
+    "RELOAD_POLL_SECONDS", "Membership", "NeighbourListSchedule", "load_membership",
     "watch_membership",
 ]
 
@@ -130,22 +128,3 @@ def _mtime(path: Path | None) -> float | None:
     except OSError:
         return None
 
-
-def signing_keys_reader(path: Path) -> Callable[[str], str | None]:
-    """Member -> Ed25519 public key (``members[*].signing_key`` of consortium.toml), re-read
-    when the file changes, as the allow-list is."""
-    cache: dict[str, Any] = {"mtime": None, "keys": {}}
-
-    def lookup(name: str) -> str | None:
-        mtime = _mtime(path)
-        if mtime != cache["mtime"]:
-            try:
-                members = tomllib.loads(path.read_text()).get("members", [])
-                cache["keys"] = {m.get("name"): m.get("signing_key") for m in members if isinstance(m, dict)}
-                cache["mtime"] = mtime
-            except (OSError, tomllib.TOMLDecodeError) as exc:  # a half-written file: keep the last keys
-                log.error("cannot read signing keys from %s (%s); keeping the last ones", path, exc)
-        key = cache["keys"].get(name)
-        return key if isinstance(key, str) else None
-
-    return lookup

@@ -28,8 +28,10 @@ from p2pfl import discovery
 from p2pfl.assembly import Links, build_node, member_links, member_secure_aggregation, plain_links
 from p2pfl.deploy.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_learner, save_final_model
 from p2pfl.deploy.config import OrgNodeConfig, require_secure_neighbourhood, resolve
+from p2pfl.deploy.consortium_file import load_consortium
+from p2pfl.deploy.discovery import ConsortiumSigningKeys, presence_options
 from p2pfl.deploy.learner_loader import build_learner
-from p2pfl.deploy.membership import Membership, load_membership, signing_keys_reader, watch_membership
+from p2pfl.deploy.membership import Membership, load_membership, watch_membership
 from p2pfl.deploy.recorder import ProgressQueue, RoundRecorder, publish_progress, write_stats
 from p2pfl.errors import ConfigError
 from p2pfl.node.node import Node
@@ -89,7 +91,7 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
             links, keypair = await _link_security(config, base, membership, context, stack)
             security, allowlist = links.security_for(config.name), links.allowlist
             progress = ProgressQueue()
-            presence = await _presence(config, membership, security, allowlist, stack)
+            presence = await _presence(config, membership, security, allowlist, stack, base, keypair)
             node = build_node(
                 config, config.name, learner, membership.schedule,
                 ZmqTransport(context, config.bind, security=security),
@@ -166,7 +168,7 @@ def _secure_aggregation(
     if signing_key_of is None:
         if membership.watch_file is None:
             raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
-        signing_key_of = signing_keys_reader(membership.watch_file)
+        signing_key_of = ConsortiumSigningKeys(membership.watch_file, lambda path: load_consortium(path).signing_keys())
     unknown = [p for p in membership.schedule.peers(config.name) if signing_key_of(p) is None]
     if unknown:  # no silent fallback: without them no relayed key verifies and no round aggregates
         raise ConfigError("signing_key", f"no signing key for {', '.join(unknown)} in the consortium file: "
@@ -197,7 +199,7 @@ async def _link_security(
 
 async def _presence(
     config: OrgNodeConfig, membership: Membership, security: Any, allowlist: Any,
-    stack: contextlib.AsyncExitStack,
+    stack: contextlib.AsyncExitStack, base: Path, keypair: Any,
 ) -> Any:
     if not config.discovery:
         return None
@@ -211,5 +213,8 @@ async def _presence(
 
     # the reachable endpoint from the consortium file; a bind address like 0.0.0.0 is no use to others
     endpoint = membership.own_endpoint or config.bind
-    presence = discovery.MqttPresence(config.discovery, membership.consortium_name, config.name, endpoint, own, is_member)
+    options = presence_options(config, base, membership.watch_file, keypair.secret if keypair else None)
+    presence = discovery.MqttPresence(
+        config.discovery, membership.consortium_name, config.name, endpoint, own, is_member, **options
+    )
     return await stack.enter_async_context(presence)

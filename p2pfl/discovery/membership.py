@@ -17,7 +17,9 @@ readers working. ``v`` is raised only for a change an old reader would misread; 
 drop messages whose ``v`` is newer than theirs (a payload without ``v`` is version 1).
 
 Everything here is fed by a broker that anyone in the consortium can publish to, so every
-payload is validated and a bad one is dropped with a log line, never raised.
+payload is validated and a bad one is dropped with a log line, never raised. Given a
+:class:`~p2pfl.discovery.signing.Verifier`, messages must also be signed by the member
+they are about (see :mod:`p2pfl.discovery.signing` for the extra keys ``boot``, ``seq``, ``sig``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from p2pfl.discovery.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +119,15 @@ def status_payload(
     state: str, endpoint: str, fingerprint: str, at: float | None = None,
     *, reason: str | None = None, round: int | None = None,
 ) -> bytes:
-    """A status message; ``reason`` and ``round`` go only with ``left``."""
+    """A status message (unsigned); ``reason`` and ``round`` go only with ``left``."""
+    return json.dumps(status_fields(state, endpoint, fingerprint, at, reason=reason, round=round)).encode()
+
+
+def status_fields(
+    state: str, endpoint: str, fingerprint: str, at: float | None = None,
+    *, reason: str | None = None, round: int | None = None,
+) -> dict[str, Any]:
+    """The keys of a status message, to be signed and sent."""
     data: dict[str, Any] = {
         "v": FORMAT_VERSION, "state": state, "endpoint": endpoint, "fingerprint": fingerprint, "time": _now(at),
     }
@@ -121,13 +135,17 @@ def status_payload(
         data["reason"] = reason
     if round is not None:
         data["round"] = round
-    return json.dumps(data).encode()
+    return data
 
 
 def progress_payload(round: int, accuracy: float, loss: float, at: float | None = None) -> bytes:
-    return json.dumps(
-        {"v": FORMAT_VERSION, "round": round, "accuracy": accuracy, "loss": loss, "time": _now(at)}
-    ).encode()
+    """A progress message (unsigned)."""
+    return json.dumps(progress_fields(round, accuracy, loss, at)).encode()
+
+
+def progress_fields(round: int, accuracy: float, loss: float, at: float | None = None) -> dict[str, Any]:
+    """The keys of a progress message, to be signed and sent."""
+    return {"v": FORMAT_VERSION, "round": round, "accuracy": accuracy, "loss": loss, "time": _now(at)}
 
 
 def _now(at: float | None) -> float:
@@ -141,11 +159,22 @@ class Membership:
         consortium: whose topics to accept; others are ignored.
         is_member: ``(name, fingerprint) -> bool``; a status failing it is ignored (and logged
             once per name/fingerprint pair). ``None`` accepts everyone (the read-only watcher).
+        verifier: checks each message's signature, order and age; ``None`` accepts unsigned
+            messages (no signing keys known: anyone who can publish can speak for anyone).
+        refused: the counter to add refusals to (a new one by default).
+
+    Attributes:
+        refused: messages ignored, by reason (:data:`~p2pfl.discovery.signing.REFUSALS`).
     """
 
-    def __init__(self, consortium: str, is_member: Callable[[str, str], bool] | None = None) -> None:
+    def __init__(
+        self, consortium: str, is_member: Callable[[str, str], bool] | None = None,
+        verifier: Verifier | None = None, refused: Counter[str] | None = None,
+    ) -> None:
         self._prefix = topic_prefix(consortium).split("/")
         self._is_member = is_member
+        self._verifier = verifier
+        self.refused: Counter[str] = refused if refused is not None else Counter()
         self._status: dict[str, _Status] = {}
         # Kept apart from status so that arrival order (progress before status) does not matter:
         # progress only shows for names whose status was accepted.
@@ -178,11 +207,21 @@ class Membership:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             _check_version(data)
+            if self._verifier is not None:
+                will = kind == "status" and data.get("state") == "offline"
+                reason = self._verifier.check(topic, name, data, live=not retained, will=will)
+                if reason == "duplicate":
+                    return False
+                if reason is not None:
+                    self.refused[reason] += 1
+                    self._verifier.log_refusal(name, reason, kind)
+                    return False
             received = None if retained else time.time()
             if kind == "status":
                 return self._apply_status(name, _parse_status(data, received))
             return self._apply_progress(name, _parse_progress(data, received))
         except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            self.refused["malformed"] += 1
             log.warning("ignoring malformed %s of %r on %r: %s", kind, name, topic, exc)
             return False
 
@@ -208,6 +247,7 @@ class Membership:
 
     def _apply_status(self, name: str, status: _Status) -> bool:
         if self._is_member is not None and not self._accepts(name, status.fingerprint):
+            self.refused["not-member"] += 1
             key = (name, status.fingerprint)
             if key not in self._rejected:
                 self._rejected.add(key)

@@ -6,12 +6,9 @@ build learners here, so they start from bit-identical models, data and shuffling
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -20,7 +17,9 @@ from torch import nn
 
 from p2pfl.data import Dataset
 from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.learning._imports import cwd_importable
 from p2pfl.learning.learner import ArrayBatches, Learner, TorchLearner
+from p2pfl.learning.metrics import check_metrics, resolve_metrics
 from p2pfl.learning.models import build_model
 
 __all__ = ["LearnerSettings", "build_learners", "check_model_fits", "make_model", "node_seed"]
@@ -49,6 +48,8 @@ class LearnerSettings(Protocol):
     def local_steps(self) -> int: ...
     @property
     def device(self) -> str: ...
+    @property
+    def metrics(self) -> tuple[str, ...]: ...
 
 
 def build_learners(
@@ -68,6 +69,8 @@ def build_learners(
             differential privacy); the learners are built in order, so a wrapper that
             draws from torch's global RNG draws the same numbers every run.
     """
+    metrics = resolve_metrics(settings.metrics)  # before the model: a bad name is refused at once
+    check_metrics(metrics, dataset.num_classes, dataset.name)
     torch.manual_seed(settings.seed)
     initial = make_model(settings.model, dataset.input_shape, dataset.num_classes)
     check_model_fits(settings.model, initial, dataset, parts[0][: settings.batch_size], settings.device)
@@ -89,7 +92,7 @@ def build_learners(
         learner = TorchLearner(
             model, optimizer, train, test_batches,
             local_epochs=settings.local_epochs, local_steps=settings.local_steps or None,
-            device=settings.device, seed=stream,
+            device=settings.device, seed=stream, metrics=metrics,
         )
         learners.append(wrap(learner, stream) if wrap is not None else learner)
     return learners
@@ -109,7 +112,7 @@ def make_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
         return build_model(spec, input_shape, num_classes)
     module_name, _, function_name = spec.partition(":")
     try:
-        with _cwd_importable():
+        with cwd_importable():
             factory = getattr(importlib.import_module(module_name), function_name)
     except Exception as exc:  # missing, or broken at import: either way the spec is at fault
         raise ConfigError(
@@ -117,7 +120,7 @@ def make_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
             "importable from the current folder or an installed package"
         ) from None
     try:
-        with _cwd_importable():  # a builder may import its helpers lazily
+        with cwd_importable():  # a builder may import its helpers lazily
             model = factory(input_shape, num_classes)
     except P2PFLError:
         raise
@@ -128,26 +131,6 @@ def make_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
     if not isinstance(model, nn.Module):
         raise ConfigError("model", f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
-
-
-@contextlib.contextmanager
-def _cwd_importable() -> Iterator[None]:
-    """Put the current folder first on ``sys.path`` for the block, unless it is there.
-
-    The ``p2pfl`` console script, unlike ``python -m``, does not, so a user's model
-    package next to the experiment would not be found. Removed afterwards: imports made
-    later must not pick up whatever the current folder holds.
-    """
-    cwd = os.getcwd()
-    if "" in sys.path or cwd in sys.path:
-        yield
-        return
-    sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(cwd)
 
 
 def check_model_fits(

@@ -12,12 +12,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+
+from p2pfl.learning.metrics import MetricFn, compute_metrics, resolve_metrics
+
+if TYPE_CHECKING:
+    from p2pfl.learning.metrics import Metrics
 
 Weights = dict[str, np.ndarray]
 
@@ -38,6 +43,8 @@ class EvalResult:
     loss: float
     accuracy: float
     samples: int
+    # the learner's own metrics (p2pfl.learning.metrics), flattened: {"auc": 0.93, "recall_0": 0.9}
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -118,6 +125,12 @@ class TorchLearner:
             ``p2pfl.privacy.DPSGD(...)`` (sample-level DP-SGD) or ``UpdateDP(...)``
             (clipped and noised round updates); each round's result then carries
             ``epsilon``. ``None`` (default) trains without one.
+        metrics: evaluation metrics besides accuracy and loss, each computed by
+            :meth:`evaluate` from the test labels and the model's class probabilities:
+            built-in names (``"auc"``, ``"f1"`` for binary tasks, ``"recall"`` per
+            class), ``"module:function"`` names, functions ``f(y_true, y_score)``, or a
+            ``{name: function}`` mapping (see :mod:`p2pfl.learning.metrics`). Their
+            values land in :attr:`EvalResult.metrics` and each ``metrics.jsonl`` row.
     """
 
     def __init__(
@@ -133,6 +146,7 @@ class TorchLearner:
         device: str | torch.device = "cpu",
         seed: int = 0,
         privacy: TrainingPrivacy | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -152,6 +166,7 @@ class TorchLearner:
         self.privacy: TrainingPrivacy | None = None
         if privacy is not None:
             self.set_privacy(privacy)
+        self.metrics: dict[str, MetricFn] = resolve_metrics(metrics)
 
     def set_privacy(self, privacy: TrainingPrivacy) -> None:
         """Train under ``privacy`` from now on; call it before the first round, once.
@@ -201,6 +216,8 @@ class TorchLearner:
         with _private_rng(self):
             self.model.eval()
             loss_sum, correct, count = 0.0, 0, 0
+            labels: list[torch.Tensor] = []  # only filled when metrics are asked for
+            scores: list[torch.Tensor] = []
             for inputs, targets in self.test_data:
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 outputs = self.model(inputs)
@@ -208,9 +225,34 @@ class TorchLearner:
                 if outputs.dim() > 1 and outputs.shape[-1] > 1:
                     correct += int((outputs.argmax(dim=-1) == targets).sum())
                 count += len(targets)
+                if self.metrics:
+                    labels.append(targets.reshape(-1).cpu())
+                    scores.append(_probabilities(outputs).cpu())
         if count == 0:
             return EvalResult(loss=math.nan, accuracy=math.nan, samples=0)
-        return EvalResult(loss=loss_sum / count, accuracy=correct / count, samples=count)
+        metrics: dict[str, float] = {}
+        if self.metrics:
+            y_true = torch.cat(labels).numpy().astype(np.int64, copy=False)
+            metrics = compute_metrics(self.metrics, y_true, torch.cat(scores).numpy())
+        return EvalResult(loss=loss_sum / count, accuracy=correct / count, samples=count, metrics=metrics)
+
+    @torch.no_grad()
+    def output_classes(self) -> int:
+        """How many classes the model scores: one forward pass over the first test batch
+        (to refuse a binary metric on a multi-class model before training starts). The
+        learner's RNG stream is left as it was."""
+        saved = self._rng_state.clone()
+        data_rng = self.test_data.rng_state() if isinstance(self.test_data, ArrayBatches) else None
+        try:
+            with _private_rng(self):
+                self.model.eval()
+                for inputs, _targets in self.test_data:
+                    return int(_probabilities(self.model(inputs.to(self.device))).shape[1])
+        finally:
+            self._rng_state = saved
+            if data_rng is not None:
+                self.test_data.set_rng_state(data_rng)  # type: ignore[attr-defined]
+        raise ValueError("the learner's test data holds no batch")
 
     def get_weights(self) -> Weights:
         state = self.model.state_dict()
@@ -301,6 +343,16 @@ class ArrayBatches:
             else:
                 idx = order[start : start + self.batch_size]
                 yield self.x[idx], self.y[idx]
+
+
+def _probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(batch, classes)`` in float64: the softmax of class scores, or
+    ``[1 - p, p]`` for a model with one output (a logit of class 1)."""
+    outputs = outputs.detach().double()
+    if outputs.dim() > 1 and outputs.shape[-1] > 1:
+        return torch.softmax(outputs, dim=-1)
+    positive = torch.sigmoid(outputs.reshape(-1))
+    return torch.stack([1 - positive, positive], dim=1)
 
 
 def _seeded_rng_state(seed: int) -> torch.Tensor:

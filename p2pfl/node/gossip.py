@@ -12,9 +12,9 @@ import functools
 import time
 from collections.abc import Mapping
 
-from p2pfl import wire
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
+from p2pfl.node.compression import ErrorFeedback, encode_model
 from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.wire import Kind, Message, ModelSchema
 
@@ -25,15 +25,17 @@ class SyncGossip:
     Args:
         link: the node's name, plans, sending and round inbox.
         aggregator: combines the node's model with the arrived ones (in the worker).
+        feedback: compresses the model sent (``compress``), or None to send it in full.
     """
 
     model_kind = Kind.MODEL
     barrier = True
     kind_schemas: Mapping[str, ModelSchema] | None = None
 
-    def __init__(self, link: Link, aggregator: Aggregator) -> None:
+    def __init__(self, link: Link, aggregator: Aggregator, feedback: ErrorFeedback | None = None) -> None:
         self._link = link
         self._aggregator = aggregator
+        self._feedback = feedback
         self._sent: tuple[int, Frames] | None = None  # this round's model frames
 
     def handlers(self) -> Mapping[Kind, Handler]:
@@ -57,8 +59,8 @@ class SyncGossip:
         round_ = trained.round
         plan = link.plan(link.name, round_)
         started = time.perf_counter()
-        frames = wire.encode(
-            kind=Kind.MODEL, sender=link.name, round=round_, samples=trained.result.samples, tensors=trained.weights,
+        frames = encode_model(
+            self._feedback, sender=link.name, round=round_, samples=trained.result.samples, tensors=trained.weights,
         )
         sent = link.send(plan.send_to, frames)
         self._sent = (round_, frames)

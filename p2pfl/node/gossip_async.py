@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from p2pfl import wire
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
+from p2pfl.node.compression import ErrorFeedback, encode_model
 from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.wire import Kind, Message, ModelSchema
 
@@ -136,14 +136,19 @@ class AsyncGossip:
         aggregator: combines the node's model with the fresh ones (in the worker).
         staleness: exponent of the staleness discount (see :func:`staleness_weights`).
         grace: clock ticks of lag that are not discounted.
+        feedback: compresses the model sent (``compress``), or None to send it in full.
     """
 
     model_kind = Kind.MODEL
     barrier = False
     kind_schemas: Mapping[str, ModelSchema] | None = None
 
-    def __init__(self, link: Link, aggregator: Aggregator, *, staleness: float, grace: int) -> None:
+    def __init__(
+        self, link: Link, aggregator: Aggregator, *, staleness: float, grace: int,
+        feedback: ErrorFeedback | None = None,
+    ) -> None:
         self._link = link
+        self._feedback = feedback
         self._aggregator = aggregator
         self._staleness = staleness
         self._grace = grace
@@ -170,8 +175,8 @@ class AsyncGossip:
         clock = trained.round
         started = time.perf_counter()
         plan = link.plan(link.name, clock)
-        frames = wire.encode(
-            kind=Kind.MODEL, sender=link.name, round=clock, samples=trained.result.samples, tensors=trained.weights,
+        frames = encode_model(
+            self._feedback, sender=link.name, round=clock, samples=trained.result.samples, tensors=trained.weights,
             meta=ASYNC_META,
         )
         sent = link.send(plan.send_to, frames)

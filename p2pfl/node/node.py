@@ -20,6 +20,7 @@ from p2pfl.errors import NodeError
 from p2pfl.learning.learner import Learner
 from p2pfl.node import waiting
 from p2pfl.node.catchup import CatchUp
+from p2pfl.node.compression import ErrorFeedback, node_seed
 from p2pfl.node.exchange import Exchange, ExchangeBuilder, Trained
 from p2pfl.node.gossip import SyncGossip
 from p2pfl.node.gossip_async import ASYNC_META, AsyncGossip
@@ -106,14 +107,18 @@ class Node:
         # libzmq buffers whatever frame size a stranger declares, even mid-handshake
         transport.limit_message_size(self._limits.max_message_bytes)
         self._exchange: Exchange
+        codec = wire.parse_codec(config.compress)
+        feedback = ErrorFeedback(codec, node_seed(config.name)) if codec is not None else None
+        if secure is not None and codec is not None:
+            raise NodeError(f"compress = {config.compress!r} does not compose with secure aggregation")
         if secure is not None:
             self._exchange = secure.build_exchange(self._link, mode=config.mode, aggregator=aggregator,
                                                    schema=self._schema)
         elif config.mode == "async":
             self._exchange = AsyncGossip(self._link, aggregator, staleness=config.staleness,
-                                         grace=config.staleness_grace)
+                                         grace=config.staleness_grace, feedback=feedback)
         else:
-            self._exchange = SyncGossip(self._link, aggregator)
+            self._exchange = SyncGossip(self._link, aggregator, feedback)
         # under secure aggregation no model may leave in the clear, catch-up's included
         self._catch_up = CatchUp(self._link, config.rounds, self._exchange.sent, share_models=secure is None)
         self._worker = RoundWorker(config.name, learner, self.stats, checkpoint)

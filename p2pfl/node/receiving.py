@@ -50,6 +50,7 @@ class Receiver:
         self._catch_up = catch_up
         self._schema = schema
         self._limits = limits
+        self._codec = wire.parse_codec(config.compress)  # checked by the config already
         self._handlers = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handler]:
@@ -92,7 +93,8 @@ class Receiver:
             if member is None:
                 raise WireError("unauthenticated", "the link's key is not (or no longer) on the allow-list")
         message = wire.decode(
-            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._exchange.kind_schemas
+            incoming.frames, schema=self._schema, limits=self._limits, kind_schemas=self._exchange.kind_schemas,
+            codec=self._codec,
         )
         if member is not None and message.sender != member:
             raise WireError(

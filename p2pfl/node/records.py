@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's 
 class NodeConfig:
     """How one node runs its rounds.
 
-    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness`` and ``staleness_grace``
+    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness``, ``staleness_grace`` and ``compress``
     are the settings of :mod:`p2pfl.settings` (same defaults and checks as in node.toml).
 
     Attributes:
@@ -38,6 +38,8 @@ class NodeConfig:
         staleness: async mode: a model ``s`` clock ticks behind beyond the grace counts
             ``(1 + s) ** -staleness`` of its mixing weight (0 = no discount).
         staleness_grace: async mode: clock ticks of lag that are not discounted.
+        compress: the codec model messages travel with (``""`` = none; see
+            :mod:`p2pfl.wire.codecs`); models compressed otherwise are refused.
     """
 
     name: str = setting("name", required=True)
@@ -49,6 +51,7 @@ class NodeConfig:
     mode: str = setting("mode")
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
+    compress: str = setting("compress")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -70,20 +73,53 @@ class RoundMetrics:
     missing: tuple[str, ...]
     epsilon: float | None = None  # DP learners: privacy spent through this round; else None
     timestamp: float = 0.0  # UNIX time the round's metrics were taken (time-to-accuracy)
+    # the learner's own evaluation metrics (TorchLearner(metrics=...)), e.g. {"auc": 0.93}
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+#: The keys of a ``metrics.jsonl`` row that are not a learner's own metrics.
+ROW_KEYS = frozenset(
+    [f.name for f in dataclasses.fields(RoundMetrics) if f.name != "metrics"] + ["consensus_distance"]
+)
 
 
 def metrics_row(metrics: RoundMetrics) -> dict[str, Any]:
-    """One ``metrics.jsonl`` row (plain data: the peer tuples become lists)."""
+    """One ``metrics.jsonl`` row (plain data: the peer tuples become lists, the learner's
+    own metrics become keys of the row: ``"auc": 0.93``)."""
     row = dict(vars(metrics))  # a flat dataclass: cheaper than asdict's deep copy
     row["received_from"] = list(metrics.received_from)
     row["missing"] = list(metrics.missing)
+    row.update(row.pop("metrics"))
     return row
+
+
+def user_metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys of the learner's own metrics in ``rows``, in the order they first appear."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update((key, None) for key in row if key not in ROW_KEYS)
+    return list(keys)
+
+
+def metrics_summary(final_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """``summary.json``'s ``metrics``: each of the learner's own metrics over the nodes'
+    final rows, ``{"auc": {"mean": .., "min": .., "max": ..}}`` (null where no node has a
+    number, e.g. the recall of a class missing from the test set)."""
+    summary: dict[str, dict[str, float | None]] = {}
+    for key in user_metric_keys(final_rows):
+        values = [float(v) for row in final_rows if isinstance(v := row.get(key), (int, float)) and math.isfinite(v)]
+        summary[key] = {
+            "mean": sum(values) / len(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+        }
+    return summary
 
 
 def summary_json(summary: Mapping[str, Any]) -> str:
     """``summary.json``'s text: NaN/Inf (e.g. diverged models' distance) become null, as in
     metrics.jsonl, since bare NaN is not JSON and strict readers refuse the file."""
-    return json.dumps(_finite_or_null(summary), indent=2) + "\n"
+    return json.dumps(_finite_value(summary), indent=2) + "\n"
 
 
 def json_line(row: Mapping[str, Any]) -> str:
@@ -92,7 +128,19 @@ def json_line(row: Mapping[str, Any]) -> str:
 
 
 def _finite_or_null(row: Mapping[str, Any]) -> dict[str, Any]:
+    # a row is flat (written once per node and round: kept to one pass)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def _finite_value(value: Any) -> Any:
+    """``value`` with NaN/Inf as None, at any depth (summary.json nests tables)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_value(v) for v in value]
+    return value
 
 
 @dataclass
@@ -126,7 +174,8 @@ def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimit
         max_header_bytes=min(limits.max_header_bytes, 4 * header + 64 * 1024),
         # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
         max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
-        max_tensors=min(limits.max_tensors, len(weights) + 64),
+        # a compressed model (int8, topk) carries up to two parts per tensor
+        max_tensors=min(limits.max_tensors, (2 if config.compress else 1) * len(weights) + 64),
     )
 
 

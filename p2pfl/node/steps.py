@@ -247,4 +247,6 @@ class RoundWorker:
             # a differentially private learner's TrainResult carries its spent epsilon
             epsilon=getattr(job.sent.result, "epsilon", None),
             timestamp=time.time(),
+            # a Learner of the user's may build its result without the field
+            metrics=getattr(evaluation, "metrics", None) or {},
         )

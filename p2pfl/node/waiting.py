@@ -66,6 +66,9 @@ async def linger(link: NodeLink, seconds: float) -> None:
     finished too, or for ``seconds``: one that stopped mid-run may be restarting now."""
     peers = link.peers
     deadline = time.monotonic() + seconds
+    if not set(peers.peers) <= _finished(link).keys():
+        log.info("node %s finished its rounds; telling neighbours that greet it so, for up to %.0f s",
+                 link.name, seconds)
     while not set(peers.peers) <= _finished(link).keys():
         left = deadline - time.monotonic()
         if left <= 0:

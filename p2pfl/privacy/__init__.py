@@ -16,8 +16,9 @@ does not import Opacus.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from p2pfl._lazy import lazy_exports
 
 _LAZY = {
     "DPSGD": "p2pfl.privacy.dp_sgd",
@@ -51,17 +52,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'p2pfl.privacy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('p2pfl.privacy', globals(), _LAZY, __all__)
 
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ SUMMARY_FILE = "summary.json"
 MODELS_DIR = "models"  # <node>.pt per node, and average.pt
 AVERAGE_MODEL = "average"
 #: The plots ``p2pfl report`` draws into a run folder (removed with the run they show).
-PLOTS = ("accuracy.png", "consensus.png", "bytes.png", "accuracy_vs_epsilon.png")
+PLOTS = ("accuracy.png", "consensus.png", "bytes.png", "metrics.png", "accuracy_vs_epsilon.png")  # what p2pfl report draws
 
 
 def out_dir_problem(out: str) -> str | None:

@@ -25,7 +25,7 @@ from p2pfl.assembly import build_node, plain_links, simulated_links, simulated_s
 from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node
-from p2pfl.node.records import summary_json
+from p2pfl.node.records import metrics_summary, summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
@@ -299,8 +299,10 @@ def _summary(
         "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
         "min_accuracy": min(accuracies) if accuracies else None,
         "max_accuracy": max(accuracies) if accuracies else None,
+        "metrics": metrics_summary(final_round),  # the learners' own (--metrics): mean/min/max
         "attackers": list(experiment.attackers),
         "mode": config.mode,
+        "compress": config.compress,  # the codec models travelled with ("" = none)
         "slow_nodes": list(experiment.slow),
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
         "honest_min_accuracy": min(honest) if honest else None,

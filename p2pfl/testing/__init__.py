@@ -19,8 +19,9 @@ starts nothing and imports neither torch nor pyzmq.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from p2pfl._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _LAZY = {
@@ -46,17 +47,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'p2pfl.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('p2pfl.testing', globals(), _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names

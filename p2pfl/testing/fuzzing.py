@@ -187,6 +187,7 @@ async def attack(
     limits: WireLimits = DEFAULT_LIMITS,
     timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    compress: str = "",
 ) -> Report:
     """Run the attack against a fresh node; returns its report (never raises on failure).
 
@@ -200,6 +201,7 @@ async def attack(
         limits: the node's wire limits.
         timeout: seconds the whole attack may take before it counts as a hang.
         progress: called with a line of text now and then.
+        compress: the node's codec (``""`` = none); the honest and forged models use it.
     """
     rounds = rounds or max(4, messages // 1000)
     report = Report(rounds=rounds)
@@ -207,14 +209,16 @@ async def attack(
     sockets: list[zmq.asyncio.Socket] = []
     observer = _Observer()
     config = NodeConfig(name=NODE, rounds=rounds, round_timeout=round_timeout,
-                        max_rounds_ahead=max_rounds_ahead, limits=limits)
+                        max_rounds_ahead=max_rounds_ahead, limits=limits, compress=compress)
     schedule = StaticSchedule(build_topology("ring", 3))
     learner = tiny_learner(0)
     schema = wire.schema_of(learner.get_weights())  # the node's: it checks models against its own
     node = Node(config, learner, schedule, ZmqTransport(context, "tcp://127.0.0.1:0"), observer=observer)
     neighbours = schedule.peers(NODE)
     report.inbox_bound = (max_rounds_ahead + 1) * len(neighbours)
-    hostile = Hostile(seed, schema=schema, limits=limits, rounds=rounds, max_rounds_ahead=max_rounds_ahead)
+    codec = wire.parse_codec(compress)
+    hostile = Hostile(seed, schema=schema, limits=limits, rounds=rounds, max_rounds_ahead=max_rounds_ahead,
+                      codec=codec)
     honest_learner = tiny_learner(1)
     started = time.perf_counter()
     try:
@@ -253,7 +257,9 @@ async def attack(
                     honest_at = per_round[round_] // 2
                     for i in range(per_round[round_] + 1):
                         if i == honest_at:
-                            frames = model_frames(honest_learner, sender=HONEST, round=round_, samples=32)
+                            frames = (model_frames(honest_learner, sender=HONEST, round=round_, samples=32)
+                                      if codec is None else
+                                      hostile.model(HONEST, round_, honest_learner.get_weights()))
                             await honest.send_multipart(frames)
                             hostile.honest_sent.append(frames)
                             report.honest_sent += 1
@@ -271,7 +277,7 @@ async def attack(
                     await attacker.send_multipart(frames)
                     report.hostile_sent += 1
                     report.by_kind["valid_spoof"] += 1
-                    report.predicted[outcome_of(frames, hostile.schema, limits)] += 1
+                    report.predicted[outcome_of(frames, hostile.schema, limits, codec)] += 1
                     if progress is not None and (round_ + 1) % max(1, rounds // 10) == 0:
                         elapsed = time.perf_counter() - attack_started
                         progress(f"round {round_ + 1}/{rounds}: {report.hostile_sent} hostile sent, "

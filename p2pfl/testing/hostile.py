@@ -16,9 +16,10 @@ import msgpack
 import numpy as np
 
 from p2pfl import wire
+from p2pfl.testing.hostile_codecs import codec_attack
 from p2pfl.testing.outcomes import outcome_of
 from p2pfl.testing.values import junk
-from p2pfl.wire import WireLimits
+from p2pfl.wire import Codec, WireLimits
 
 NODE, HONEST, SPOOFED, STRANGER = "0", "1", "2", "7"
 
@@ -32,10 +33,12 @@ class Hostile:
         limits: the attacked node's wire limits.
         rounds: the node's number of rounds.
         max_rounds_ahead: the node's inbox window.
+        codec: the attacked node's codec (``compress``), if any: its models are compressed.
     """
 
     def __init__(
-        self, seed: int, *, schema: wire.ModelSchema, limits: WireLimits, rounds: int, max_rounds_ahead: int
+        self, seed: int, *, schema: wire.ModelSchema, limits: WireLimits, rounds: int, max_rounds_ahead: int,
+        codec: Codec | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
@@ -43,6 +46,7 @@ class Hostile:
         self.limits = limits
         self.rounds = rounds
         self.ahead = max_rounds_ahead
+        self.codec = codec
         self.template = {n: np.zeros(s.shape, wire.WIRE_DTYPES[s.dtype]) for n, s in schema.items()}
         self.honest_sent: deque[list[bytes]] = deque(maxlen=16)  # for replays (stale by then)
         self.spoofs_sent: deque[list[bytes]] = deque(maxlen=16)  # for duplicates
@@ -62,6 +66,7 @@ class Hostile:
             ("valid_spoof", self._valid_spoof),
             ("hello", self._hello),
             ("protocol", self._protocol),
+            ("codec", self._codec),
         ]
 
     # -- building blocks ----------------------------------------------------------------
@@ -79,7 +84,11 @@ class Hostile:
     def model(self, sender: str, round_: int, tensors: dict[str, np.ndarray] | None = None,
               samples: int = 32) -> list[bytes]:
         payload = tensors if tensors is not None else self.weights()
-        frames = wire.encode(kind="model", sender=sender, round=round_, samples=samples, tensors=payload)
+        meta: dict[str, Any] = {}
+        if self.codec is not None:  # what the node takes: its own codec's parts
+            encoded = self.codec.encode(payload, self.np_rng)
+            payload, meta = encoded.parts, encoded.meta
+        frames = wire.encode(kind="model", sender=sender, round=round_, samples=samples, tensors=payload, meta=meta)
         return [bytes(f) for f in frames]
 
     def spoof_round(self, current: int) -> int:
@@ -347,6 +356,11 @@ class Hostile:
         encoded = wire.encode(kind=kind, sender=sender, round=round_, samples=samples, tensors=tensors, meta=meta)
         return [bytes(f) for f in encoded]
 
+    def _codec(self, cur: int) -> list[bytes]:
+        """A compressed model spoiled in one of the ways of :mod:`p2pfl.testing.hostile_codecs`."""
+        sender = self.rng.choice([SPOOFED, STRANGER])
+        return codec_attack(self.rng, self.np_rng, self.codec, sender, self.spoof_round(cur), self.weights())[1]
+
     # -- public ----------------------------------------------------------------------
 
     def make(self, cur: int) -> tuple[str, list[bytes], str]:
@@ -368,7 +382,7 @@ class Hostile:
             frames = build(cur)
             if not frames:
                 continue
-            outcome = outcome_of(frames, self.schema, self.limits)
+            outcome = outcome_of(frames, self.schema, self.limits, self.codec)
             if outcome == "ok" and not self._harmless(msgpack.unpackb(frames[0], strict_map_key=False), cur):
                 continue
             return kind, frames, outcome

@@ -16,9 +16,10 @@ This package knows nothing of sockets or nodes; it turns buffers into validated 
 and raises :class:`~p2pfl.errors.WireError` (whose ``reason`` feeds the rejection
 counters) for anything else. :mod:`~p2pfl.wire.kinds` names the message kinds,
 :mod:`~p2pfl.wire.tensors` the tensors' dtypes and schemas, :mod:`~p2pfl.wire.format`
-encodes and decodes.
+encodes and decodes, :mod:`~p2pfl.wire.codecs` compresses models (``meta.codec``).
 """
 
+from p2pfl.wire.codecs import CODEC_NAMES, Codec, Encoded, parse_codec
 from p2pfl.wire.format import PROTOCOL_VERSION, Message, WireLimits, decode, encode
 from p2pfl.wire.kinds import KINDS, TENSOR_KINDS, Kind
 from p2pfl.wire.tensors import (
@@ -31,10 +32,13 @@ from p2pfl.wire.tensors import (
 )
 
 __all__ = [
+    "CODEC_NAMES",
     "KINDS",
     "PROTOCOL_VERSION",
     "TENSOR_KINDS",
     "WIRE_DTYPES",
+    "Codec",
+    "Encoded",
     "Kind",
     "Message",
     "ModelSchema",
@@ -44,5 +48,6 @@ __all__ = [
     "decode",
     "encode",
     "first_non_finite",
+    "parse_codec",
     "schema_of",
 ]

@@ -10,7 +10,8 @@ import msgpack
 import numpy as np
 
 from p2pfl.errors import WireError
-from p2pfl.wire.kinds import KIND_OF, KINDS, TENSOR_KINDS
+from p2pfl.wire.codecs import CODEC_META, Codec
+from p2pfl.wire.kinds import KIND_OF, KINDS, TENSOR_KINDS, Kind
 from p2pfl.wire.tensors import (
     MAX_NAME_CHARS,
     WIRE_DTYPES,
@@ -110,6 +111,7 @@ def decode(
     schema: ModelSchema | None,
     limits: WireLimits = WireLimits(),
     kind_schemas: Mapping[str, ModelSchema] | None = None,
+    codec: Codec | None = None,
 ) -> Message:
     """Decode and validate a message.
 
@@ -121,6 +123,10 @@ def decode(
         limits: size bounds.
         kind_schemas: schemas by kind that replace ``schema`` for those kinds (the masked
             kinds of secure aggregation carry one flat uint64 tensor, not the model).
+        codec: the codec ``model`` messages must be compressed with (None: uncompressed);
+            their parts are checked against ``codec.parts(schema)`` and decoded into the
+            model's dense tensors (see :mod:`p2pfl.wire.codecs`). Other kinds are never
+            compressed. Without ``schema`` a compressed message's parts are returned as is.
 
     Raises:
         WireError: the message is malformed, too large, from another protocol version,
@@ -163,6 +169,18 @@ def decode(
         if table:
             raise WireError("bad_header", f"a {kind.value!r} message carries no tensors")
         schema = None
+    model_schema = None
+    declared = meta.get(CODEC_META)
+    if kind is Kind.MODEL and schema is not None:
+        wanted = codec.spec if codec is not None else None
+        if declared != wanted:
+            raise WireError(
+                "codec", f"model compressed with {declared or 'nothing'!r}, this node takes {wanted or 'nothing'!r}"
+            )
+        if codec is not None:
+            model_schema, schema = schema, codec.parts(schema)
+    elif declared is not None and kind is not Kind.MODEL:
+        raise WireError("codec", f"a {kind.value!r} message is never compressed")
     if len(frames) != 1 + len(table):
         raise WireError(
             "frame_count", f"header lists {len(table)} tensors but {len(frames) - 1} frames follow"
@@ -183,6 +201,9 @@ def decode(
         array.flags.writeable = False  # a view of the received frame: nobody may change it
         tensors[name] = array
     bad = first_non_finite(tensors)
+    if bad is None and model_schema is not None and codec is not None:
+        tensors = codec.decode(tensors, meta, model_schema)
+        bad = first_non_finite(tensors)  # bf16 travels as uint16: checked once dense
     if bad is not None:
         raise WireError("non_finite", f"tensor {bad!r} holds NaN or Inf")
     return Message(

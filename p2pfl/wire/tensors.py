@@ -17,7 +17,7 @@ WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in (
         "float16", "float32", "float64",
-        "int8", "int16", "int32", "int64", "uint8", "uint64", "bool",
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool",
     )
 }
 

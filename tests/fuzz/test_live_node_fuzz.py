@@ -17,6 +17,7 @@ import os
 import time
 
 import msgpack
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -39,12 +40,28 @@ async def test_a_live_node_survives_hostile_traffic_and_keeps_gossiping(known_bu
     assert not failures, f"{failures}\n{summary}"
     # the attack covered what it claims: every kind sent, every refusal path taken
     assert report.hostile_sent >= MESSAGES
-    assert len(report.by_kind) == 15, report.by_kind  # every kind of attack in p2pfl.testing.Hostile
+    assert len(report.by_kind) == 16, report.by_kind  # every kind of attack in p2pfl.testing.Hostile
     for reason in NODE_REASONS | {
         "bad_header", "version", "unknown_kind", "frame_count", "size_mismatch", "too_large",
-        "header_too_large", "dtype", "schema_names", "schema_dtype", "schema_shape", "non_finite",
+        "header_too_large", "dtype", "schema_names", "schema_dtype", "schema_shape", "non_finite", "codec",
     }:
         assert report.rejected[reason] > 0, f"no message was refused as {reason}"
+
+
+@pytest.mark.parametrize("compress", ["fp16", "bf16", "int8", "int8:3", "topk:0.5", "randk:0.5"])
+async def test_a_compressing_node_survives_hostile_codec_traffic(compress: str, known_bugs):
+    """Every codec: spoiled parts (bad, repeated or unsorted indices, counts beyond the
+    schema, NaN or negative scales, -128, truncated frames, bad seeds, other codecs) are
+    each refused and counted, nothing crashes, and the honest compressed models flow."""
+    report = await attack(600, seed=SEED, rounds=4, timeout=120.0, compress=compress)
+    summary = report.as_dict()
+    failures = check(report, rss_bound_mb=RSS_BOUND_MB, tolerated_crash=known_bugs.tolerates)
+    assert not failures, f"{failures}\n{summary}"
+    assert report.by_kind["codec"] > 0 and report.rejected["codec"] > 0, summary
+    value_checks = {"int8": "codec_value", "int8:3": "codec_value", "topk:0.5": "codec_value",
+                    "randk:0.5": "codec_value"}
+    if compress in value_checks:
+        assert report.rejected[value_checks[compress]] > 0, summary
 
 
 def _hello_bomb(lists: int) -> bytes:

@@ -200,6 +200,15 @@ def test_print_config_merges_defaults_toml_flags_and_overrides(tmp_path) -> None
     assert list(tmp_path.iterdir()) == [tmp_path / "exp.toml"]  # printing runs nothing
 
 
+def test_metrics_flag_takes_a_comma_separated_list_and_repeats(tmp_path) -> None:
+    (tmp_path / "exp.toml").write_text('metrics = ["auc"]\n')
+    done = p2pfl("simulate", "--config", "exp.toml", "--print-config", cwd=tmp_path)
+    assert json.loads(done.stdout)["metrics"] == ["auc"]
+    done = p2pfl("simulate", "--metrics", "auc,f1", "--metrics", "recall", "--print-config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"] == ["auc", "f1", "recall"]
+
+
 def test_unknown_config_key_exits_2_naming_the_key(tmp_path) -> None:
     (tmp_path / "exp.toml").write_text("roudns = 3\n")
     done = p2pfl("simulate", "--config", "exp.toml", cwd=tmp_path)
@@ -223,6 +232,10 @@ def test_unknown_config_key_exits_2_naming_the_key(tmp_path) -> None:
         (("--transport", "udp"), 2, "transport"),
         (("--topology", "nosuch", "--nodes", "4", "--rounds", "1"), 3, "unknown topology generator 'nosuch'"),
         (("--dataset", "nosuch", "--nodes", "4", "--rounds", "1"), 4, "unknown dataset 'nosuch'"),
+        (("--metrics", "auk,f1"), 2, "metrics: unknown metric 'auk' (did you mean 'auc'?); valid: auc (binary), "
+         "f1 (binary), recall (per class)"),
+        (("--metrics", "auc", "--nodes", "4", "--rounds", "1"), 2,
+         "metrics: auc needs a binary task, but digits has 10 classes: use recall"),
     ],
 )
 def test_expected_errors_exit_with_their_code_and_one_line(tmp_path, args, code, needle) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from p2pfl import ExperimentConfig, simulate
 from p2pfl.consortium.rehearsal import rehearse
+from p2pfl.report import draw_report
 
 # multi-process runs: skipped by `make test-fast`
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def write_description(path):
     path.write_text(
         'name = "rehearsal"\ntopology = "ring"\nseed = 0\n[training]\n'
         f"rounds = {ROUNDS}\nround_timeout = 60.0\n"
-        'learner = "p2pfl.examples.bundled:build_learner"\n'
+        'learner = "p2pfl.examples.bundled:build_learner"\nmetrics = ["recall"]\n'
         'learner_args = { dataset = "digits", partition = "dirichlet:0.5", nodes = 5 }\n' + members
     )
 
@@ -53,6 +54,17 @@ async def test_five_curve_processes_reach_the_simulators_accuracy(tmp_path):
     # the merged metrics are what `p2pfl report` reads
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5 * ROUNDS
+    # [training] metrics reach every member's rows and the summary
+    assert all(f"recall_{k}" in json.loads(line) for line in lines for k in range(10))
+    assert set(summary["metrics"]) == {f"recall_{k}" for k in range(10)}
+    # the plots name the deployed members and the run
+    assert summary["members"] == MEMBERS and summary["consortium"] == "rehearsal"
+    figures = draw_report(tmp_path / "run")
+    title = figures["accuracy.png"].get_suptitle()
+    assert title.startswith("consortium rehearsal: " + ", ".join(MEMBERS)) and "ring" in title
+    legend = figures["accuracy.png"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [*MEMBERS, "mean over nodes"]
+    assert "metrics.png" in figures
 
 
 async def test_secure_aggregation_across_processes_matches_the_simulator(tmp_path):

@@ -18,6 +18,8 @@ import pytest
 
 from p2pfl.discovery import MemberStatus, MqttPresence, parse_broker_url, watch_consortium
 from p2pfl.errors import ConfigError, TransportError
+from p2pfl.security import read_secret_key
+from p2pfl.security.identity import identity_from_curve
 
 if TYPE_CHECKING:
     from conftest import Mosquitto  # the fixture's class; pytest puts this folder on sys.path
@@ -313,7 +315,9 @@ async def test_cli_watch_takes_a_consortium_file_and_its_broker(
                   for i, n in enumerate(("alice", "bob", "carol")))
     )
     bundle = init_consortium(description, tmp_path / "out")[0]
-    async with presence(mqtt_broker, consortium, "alice"):
+    # the watcher checks signatures against consortium.toml's signing keys: alice signs as the member
+    identity = identity_from_curve("alice", read_secret_key(bundle / "keys" / "alice.key_secret").secret)
+    async with presence(mqtt_broker, consortium, "alice", identity=identity):
         for file in (bundle / "consortium.toml", bundle / "node.toml", description):
             code, out, err = await watch_cli("--consortium", str(file), "--once", "--timeout", "0.5")
             assert code == 0, err

@@ -44,6 +44,9 @@ def test_a_node_restarted_after_its_neighbours_finished_exits_7_saying_they_fini
         assert stopped_after < ROUNDS - 2
         wait_for(lambda: all(rounds_done(tmp_path / f"state{i}")[-1:] == [ROUNDS - 1] for i in (0, 1)),
                  TIMEOUT, "the neighbours to finish")
+        # their last row is written before the run returns: restart once they say they finished
+        wait_for(lambda: all("finished its rounds" in logs[i].read_text() for i in (0, 1)),
+                 TIMEOUT, "the neighbours to linger")
         go(standby)  # restarted while they linger after their last round
         started = time.monotonic()
         finish([standby], timeout=ROUND_TIMEOUT + 30)

@@ -61,3 +61,45 @@ def test_cli_line_and_summary_file_count_the_survivors(tmp_path: Path, capsys: p
     assert capsys.readouterr().out.startswith("4 nodes (1 failed), 3 rounds in ")
     summary = strict_json((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 3 and summary["failed_nodes"] == ["1"]
+
+
+async def test_asked_metrics_land_in_metrics_jsonl_and_summary_and_equal_scikit_learn(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+    from p2pfl.simulation.setup import build_experiment
+
+    config = ExperimentConfig(
+        nodes=3, rounds=2, local_steps=2, dataset="breast_cancer", metrics=("auc", "f1", "recall"),
+        out=str(tmp_path / "run"),
+    )
+    result = await simulate(config)
+    rows = [strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    summary = strict_json((tmp_path / "run" / "summary.json").read_text())
+    assert all({"auc", "f1", "recall_0", "recall_1"} <= set(row) for row in rows)
+    final = {row["node"]: row for row in rows if row["round"] == 1}
+    # the same predictions, scored by scikit-learn: each node's final model on the test set
+    experiment = build_experiment(config)
+    learner = experiment.learners[0]
+    x = torch.from_numpy(experiment.dataset.x_test)
+    y = experiment.dataset.y_test
+    for name, row in final.items():
+        learner.set_weights(result.final_weights[name])
+        with torch.no_grad():
+            probabilities = torch.softmax(learner.model(x).double(), dim=-1).numpy()
+        predicted = probabilities.argmax(1)
+        assert row["auc"] == pytest.approx(roc_auc_score(y, probabilities[:, 1]), abs=1e-9)
+        assert row["f1"] == pytest.approx(f1_score(y, predicted), abs=1e-9)
+        assert [row["recall_0"], row["recall_1"]] == pytest.approx(list(recall_score(y, predicted, average=None)))
+    for key in ("auc", "f1", "recall_0", "recall_1"):
+        values = [row[key] for row in final.values()]
+        assert summary["metrics"][key]["mean"] == pytest.approx(float(np.mean(values)))
+        assert summary["metrics"][key]["min"] == min(values)
+    assert summary["config"]["metrics"] == ["auc", "f1", "recall"]
+
+
+async def test_a_run_without_metrics_has_rows_as_before() -> None:
+    result = await simulate(ExperimentConfig(nodes=3, rounds=1, local_steps=1))
+    assert all("auc" not in row and "metrics" not in row for row in result.rows)
+    assert result.summary["metrics"] == {}

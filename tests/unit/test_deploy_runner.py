@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from p2pfl.consortium import load_consortium
 from p2pfl.deploy import membership as deploy_membership
 from p2pfl.deploy import runner
 from p2pfl.deploy.config import load_node_config
@@ -18,7 +19,7 @@ from p2pfl.deploy.membership import NeighbourListSchedule, load_membership, watc
 from p2pfl.deploy.recorder import RoundRecorder, write_stats
 from p2pfl.errors import ConfigError
 from p2pfl.node.peers import StartCondition
-from p2pfl.security import AllowList, generate_keypair
+from p2pfl.security import AllowList, generate_keypair, read_secret_key
 from p2pfl.testing import tiny_learner
 
 
@@ -262,9 +263,11 @@ class RecordingPresence:
     """Stands in for MqttPresence: records what the node would announce."""
 
     announced: list[str] = []
+    options: list[dict] = []
 
-    def __init__(self, broker, consortium, name, endpoint, fingerprint, is_member):
+    def __init__(self, broker, consortium, name, endpoint, fingerprint, is_member, **options):
         RecordingPresence.announced.append(endpoint)
+        RecordingPresence.options.append(options)
 
     async def __aenter__(self):
         return self
@@ -292,11 +295,18 @@ async def test_discovery_announces_the_consortium_endpoint_not_the_bind_address(
     assert "a" not in membership.endpoints  # never dialled as a peer
     monkeypatch.setattr(p2pfl.discovery, "MqttPresence", RecordingPresence)
     monkeypatch.setattr(RecordingPresence, "announced", [])
+    monkeypatch.setattr(RecordingPresence, "options", [])
+    keypair = read_secret_key(tmp_path / "out" / "a" / "keys" / "a.key_secret")
     async with contextlib.AsyncExitStack() as stack:
-        await runner._presence(config, membership, None, None, stack)
-        static = dataclasses.replace(membership, own_endpoint=None)  # no consortium file: only the bind
-        await runner._presence(config, static, None, None, stack)
+        await runner._presence(config, membership, None, None, stack, base, keypair)
+        static = dataclasses.replace(membership, own_endpoint=None, watch_file=None)  # no consortium file
+        await runner._presence(config, static, None, None, stack, base, None)
     assert RecordingPresence.announced == ["tcp://a.example.org:7202", "tcp://0.0.0.0:7202"]
+    signed, unsigned = RecordingPresence.options
+    # a member signs with the key consortium.toml lists for it, and checks the others' signatures
+    listed = load_consortium(tmp_path / "out" / "a" / "consortium.toml").signing_keys()
+    assert signed["identity"].public == listed["a"] and signed["signing_keys"]("b") == listed["b"]
+    assert unsigned["identity"] is None and unsigned["signing_keys"] is None
 
 
 def test_stats_json_written_from_two_threads_at_once_stays_whole(tmp_path):

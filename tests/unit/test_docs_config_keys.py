@@ -4,7 +4,7 @@ The page has one ``| key | default | meaning |`` table per config: the experimen
 (:class:`ExperimentConfig`), ``node.toml`` (:class:`OrgNodeConfig`) and the consortium
 description's ``[training]`` (:class:`TrainingSettings`). Each table must list every
 field of its config, no other key, and give the default the config really has, so the
-page cannot drift from ``p2pfl/settings.py``.
+page cannot drift from ``p2pfl/settings/``.
 
 A default cell is accepted when it is
 
@@ -133,7 +133,7 @@ def test_documented_defaults_are_the_schemas(heading: str) -> None:
         for field in dataclasses.fields(config)
         if field.name in table and not documented_default_matches(config, field, table[field.name])
     ]
-    assert not wrong, f"config.md ({heading}) defaults differ from p2pfl/settings.py:\n" + "\n".join(wrong)
+    assert not wrong, f"config.md ({heading}) defaults differ from p2pfl/settings:\n" + "\n".join(wrong)
 
 
 def test_the_check_catches_a_wrong_default() -> None:

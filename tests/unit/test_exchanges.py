@@ -13,6 +13,7 @@ from p2pfl import wire
 from p2pfl.aggregation.base import mix
 from p2pfl.errors import WireError
 from p2pfl.learning.learner import TrainResult
+from p2pfl.node.compression import ErrorFeedback
 from p2pfl.node.exchange import Exchange, Exchanged, Frames, Trained
 from p2pfl.node.gossip import SyncGossip
 from p2pfl.node.gossip_async import ASYNC_META, AsyncGossip
@@ -71,9 +72,10 @@ class FakeLink:
 class FakeNet:
     """Routes frames to the addressed exchange on the next loop turn, as a socket would."""
 
-    def __init__(self, schedule: TableSchedule, down: Sequence[str] = ()) -> None:
+    def __init__(self, schedule: TableSchedule, down: Sequence[str] = (), codec: wire.Codec | None = None) -> None:
         self.schedule = schedule
         self.down = set(down)
+        self.codec = codec  # compressed models are decoded against the model's schema
         self.exchanges: dict[str, Exchange] = {}
         self.refused: list[str] = []
 
@@ -83,7 +85,8 @@ class FakeNet:
 
     def _receive(self, peer: str, frames: list[bytes]) -> None:
         exchange = self.exchanges[peer]
-        message = wire.decode(frames, schema=None)
+        schema = wire.schema_of({"w": np.zeros(SHAPE, np.float32)}) if self.codec is not None else None
+        message = wire.decode(frames, schema=schema, codec=self.codec)
         try:
             if message.kind in (Kind.MODEL, Kind.MASKED_MODEL):
                 exchange.admit(message)
@@ -178,6 +181,39 @@ async def test_async_gossip_merges_what_arrived_without_waiting() -> None:
     assert exchange.sent(7) is None
     exchange.restarted("b")  # b's clock may start lower again
     exchange.offer(Message(kind=Kind.MODEL, sender="b", round=0, samples=1, tensors=weights["b"], meta=ASYNC_META))
+
+
+@pytest.mark.parametrize("spec", ["fp16", "int8"])
+async def test_compressed_sync_gossip_averages_the_decoded_models(spec: str) -> None:
+    codec = wire.parse_codec(spec)
+    assert codec is not None
+    net = FakeNet(TableSchedule(), codec=codec)
+    links = {name: FakeLink(name, net, round_timeout=10.0) for name in NAMES}
+    feedback = {name: ErrorFeedback(codec, seed=i) for i, name in enumerate(NAMES)}
+    net.exchanges = {name: SyncGossip(links[name], mix, feedback[name]) for name in NAMES}
+    weights = models()
+    results = await run_all(net, weights)
+    tolerance = 2e-3 if spec == "fp16" else 0.05  # int8: one step of max|w| / 127
+    for name, result in results.items():
+        plan = net.schedule.plan(name, 0)
+        assert result.received_from == plan.expect_from
+        np.testing.assert_allclose(result.aggregate()["w"], weighted_mean(plan, weights, plan.expect_from),
+                                   atol=tolerance)
+        sent = wire.decode(net.exchanges[name].sent(0), schema=None)
+        assert sent.meta == {"codec": spec}
+    assert net.refused == []
+
+
+async def test_compressed_async_gossip_keeps_its_meta() -> None:
+    codec = wire.parse_codec("int8")
+    assert codec is not None
+    net = FakeNet(TableSchedule(seed=5), codec=codec)
+    link = FakeLink("a", net, round_timeout=3600.0)
+    exchange = AsyncGossip(link, mix, staleness=0.5, grace=0, feedback=ErrorFeedback(codec, seed=0))
+    sent: list[list[bytes]] = []
+    net.deliver = lambda peer, frames: sent.append([bytes(f) for f in frames])  # type: ignore[method-assign]
+    await exchange.run(trained("a", models(seed=6), round_=3))
+    assert sent and wire.decode(sent[0], schema=None).meta == {"async": True, "codec": "int8"}
 
 
 # Secure aggregation's exchange is driven in tests/unit/test_secagg_protocol.py (honest

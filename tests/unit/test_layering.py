@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(p2pfl.__file__).parent
 #: it for a finer placement); the longest matching entry places a module.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: errors, generic config loading, the settings schema, tiny utilities
-    ("errors", "config", "settings", "_files", "_toml"),
+    ("errors", "config", "settings", "_files", "_toml", "_lazy"),
     # 1: the building blocks; they know nothing of nodes, runs or consortia
     ("wire", "security", "topology", "data", "learning", "discovery", "transport"),
     # 2: how a node combines models (the Aggregator protocol lives here)

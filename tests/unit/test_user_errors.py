@@ -232,7 +232,7 @@ def test_the_model_check_leaves_the_rng_and_the_model_untouched() -> None:
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_report_ticks_whole_rounds_only(tmp_path: Path, monkeypatch) -> None:
+def test_report_ticks_whole_rounds_only(tmp_path: Path) -> None:
     import json
 
     from p2pfl import report
@@ -240,15 +240,11 @@ def test_report_ticks_whole_rounds_only(tmp_path: Path, monkeypatch) -> None:
     rows = [{"node": str(n), "round": r, "test_accuracy": 0.5, "consensus_distance": 0.1,
              "bytes_sent": 10, "bytes_received": 10} for n in range(2) for r in range(2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    ticks = {}
-    save = report._save
-
-    def keep_ticks(fig, path, plt):
-        ticks[path.name] = list(fig.axes[0].get_xticks())
-        return save(fig, path, plt)
-
-    monkeypatch.setattr(report, "_save", keep_ticks)
-    report.write_report(tmp_path)
+    figures = report.draw_report(tmp_path)
+    for fig in figures.values():
+        fig.canvas.draw()  # ticks are placed when drawn
+    # the first panel of each figure has rounds on its x axis
+    ticks = {name: list(fig.axes[0].get_xticks()) for name, fig in figures.items()}
     assert set(ticks) == {"accuracy.png", "consensus.png", "bytes.png"}
     assert all(float(t).is_integer() for values in ticks.values() for t in values), ticks
 

@@ -20,23 +20,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from p2pfl.errors import ConfigError
+from p2pfl.settings.rules import RULES
+from p2pfl.settings.values import (
+    DP_MODES,
+    LEARNER,
+    METRICS,
+    MODES,
+    TRANSPORTS,
+    compress_problem,
+    discovery_problem,
+    endpoint_problem,
+    learner_args_problem,
+    learner_problem,
+    metrics_problem,
+    name_problem,
+    parse_start,
+    split_names,
+    start_problem,
+)
 
 __all__ = [
-    "DP_MODES", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting", "setting_of",
-    "validate",
+    "DP_MODES", "LEARNER", "METRICS", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting",
+    "setting_of", "split_names", "validate",
 ]
 
-TRANSPORTS = ("inproc", "ipc", "tcp")
-MODES = ("sync", "async")
-DP_MODES = ("", "sample", "update")  # off | DP-SGD per sample | clipped+noised update per round
-LEARNER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _METADATA = "p2pfl.setting"
 
 
@@ -48,6 +60,8 @@ class Setting:
     refuses inf and NaN; ``choices`` lists the valid values; ``check`` returns why a
     value is refused (None if fine), or raises the ConfigError itself. ``unit`` and ``note`` only shape the message, e.g.
     ``must be >= 0 (0 = use local_epochs)``. ``shown`` replaces the default in help text.
+    ``parse`` turns a value as written (a file, a flag) into the key's value before it
+    is checked, e.g. ``"auc,f1"`` into ``("auc", "f1")``.
     """
 
     key: str
@@ -64,6 +78,7 @@ class Setting:
     unit: str = ""
     note: str = ""
     shown: str | None = None
+    parse: Callable[[Any], Any] | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not valid for this key, or None."""
@@ -137,7 +152,7 @@ def validate(config: Any) -> None:
         if problem is not None:
             raise ConfigError(field.name, problem)
         values[field.name] = value
-    for keys, rule in _RULES:
+    for keys, rule in RULES:
         if all(key in values for key in keys):
             rule(values)
 
@@ -166,67 +181,6 @@ def describe(config_class: type, key: str, *, default: Any = dataclasses.MISSING
     return f"{text} (default: {shown})"
 
 
-def parse_start(spec: str) -> tuple[str, int, datetime | None]:
-    """Parse a start condition: ``all``, ``none``, ``min:N`` or ``at:2026-12-01T10:00:00Z``.
-
-    Returns:
-        ``(kind, count, at)``; a time without a zone is taken as UTC.
-
-    Raises:
-        ConfigError: naming ``start``, with the valid forms.
-    """
-    kind, _, value = spec.strip().partition(":")
-    if kind in ("all", "none") and not value:
-        return kind, 0, None
-    if kind == "min" and value.isdigit() and int(value) >= 0:
-        return "min", int(value), None
-    if kind == "at" and value:
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            return "at", 0, when if when.tzinfo else when.replace(tzinfo=UTC)
-    raise ConfigError("start", f"{spec!r} is not a start condition: use all, none, min:N or at:2026-12-01T10:00:00Z")
-
-
-# --- value checks that take more than bounds --------------------------------------------
-
-
-def _start_problem(value: str) -> str | None:
-    parse_start(value)  # raises ConfigError("start", ...) with the valid forms
-    return None
-
-
-def _learner_problem(value: str) -> str | None:
-    if not value:
-        return ("missing; give the module:function that builds each node's learner, "
-                'e.g. learner = "p2pfl.examples.bundled:build_learner"')
-    if not LEARNER.fullmatch(value):
-        return f"{value!r} is not module:function (e.g. mypackage.models:build_learner)"
-    return None
-
-
-def _learner_args_problem(value: Mapping[Any, Any]) -> str | None:
-    for key in value:
-        if not isinstance(key, str) or not key.isidentifier():
-            # the key at fault is inside the table: name it in the field
-            raise ConfigError(f"learner_args.{key}", "must be a Python identifier (it is passed as a keyword)")
-    return None
-
-
-def _name_problem(value: str) -> str | None:
-    return None if value else "missing; give this node's name"
-
-
-def _discovery_problem(value: str) -> str | None:
-    return None if not value or value.startswith("mqtt://") else f"{value!r}: use mqtt://host:port or leave it empty"
-
-
-def _endpoint(value: str) -> str | None:
-    return None if "://" in value else f"{value!r} is not an endpoint like tcp://0.0.0.0:7002"
-
-
 # --- the settings -------------------------------------------------------------------------
 
 _S = Setting
@@ -243,6 +197,9 @@ _ALL = [
     _S("test_fraction", float, 0.2, "share of the dataset held out as the common test set", gt=0, lt=1),
     _S("model", str, "mlp", "mlp, cnn, logreg or module:function(input_shape, num_classes)"),
     _S("seed", int, 0, "seed: fixes data split, partition, init, shuffling and random graphs", ge=0, le=2**32 - 1),
+    _S("metrics", tuple[str, ...], (), "evaluation metrics besides accuracy and loss, comma-separated: auc, f1 "
+       "(binary tasks), recall (per class) or module:function(y_true, y_score)", check=metrics_problem,
+       parse=split_names, shown="none"),
     # local training
     _S("rounds", int, 40, "communication rounds", ge=1),
     _S("local_epochs", int, 1, "passes over the local data per round", ge=1),
@@ -262,7 +219,7 @@ _ALL = [
        "its mixing weight", ge=0, note="0 = no staleness discount"),
     _S("staleness_grace", int, 5, "async: clock ticks of lag that are not discounted", ge=0, unit="clock ticks"),
     _S("start", str, "all", "when the first round starts: all (every neighbour said hello), none, min:N or "
-       "at:ISO-8601 time (UTC if no zone)", check=_start_problem),
+       "at:ISO-8601 time (UTC if no zone)", check=start_problem),
     # the simulated machine
     _S("transport", str, "inproc", "inproc, ipc or tcp (127.0.0.1, ephemeral ports)", choices=TRANSPORTS),
     _S("curve", bool, False, "CurveZMQ on every link (fresh keys per node, allow-list of all nodes)"),
@@ -293,21 +250,32 @@ _ALL = [
     _S("noise", float, 0.0, "with dp: noise multiplier (noise std / clip) instead of target_epsilon", ge=0),
     _S("clip", float, 1.0, "with dp: L2 bound of per-sample gradients (sample) or round updates (update)", gt=0),
     _S("delta", float, 1e-5, "with dp: delta of the reported (epsilon, delta)", gt=0, lt=1),
+    _S("compress", str, "", "compress models on the wire with error feedback: fp16, bf16, int8[:CHUNK] "
+       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F (meant for CHOCO, "
+       "coming); every member must use the same", check=compress_problem, shown="off"),
     _S("secure_aggregation", bool, False, "secure aggregation: each node learns only the weighted sum of its "
        "neighbours' models (pairwise masks; needs >= 3 neighbours per node, mode sync, aggregator mean)"),
     # one organisation's node
-    _S("name", str, "", "this node's name (its member name in consortium.toml)", check=_name_problem),
-    _S("bind", str, "", "where the node listens, e.g. tcp://0.0.0.0:7002", check=_endpoint),
+    _S("name", str, "", "this node's name (its member name in consortium.toml)", check=name_problem),
+    _S("bind", str, "", "where the node listens, e.g. tcp://0.0.0.0:7002", check=endpoint_problem),
     _S("consortium", str, "", "public consortium file: members, endpoints, public keys, topology"),
     _S("peers", dict[str, str], {}, "static name = endpoint table (instead of a consortium file)"),
     _S("secret_key", str, "", "this node's CurveZMQ secret key file (mode 0600)"),
     _S("public_key", str, "", "this node's CurveZMQ public key file"),
     _S("insecure", bool, False, "plain-text links without authentication (logs a warning)"),
     _S("learner", str, "", "module:function(**learner_args) that builds the node's learner (model + private data)",
-       check=_learner_problem),
-    _S("learner_args", dict[str, Any], {}, "keyword arguments for the learner function", check=_learner_args_problem),
+       check=learner_problem),
+    _S("learner_args", dict[str, Any], {}, "keyword arguments for the learner function", check=learner_args_problem),
     _S("state_dir", str, "state", "where checkpoints, metrics.jsonl and the final model go"),
-    _S("discovery", str, "", "optional mqtt://host:port for live membership", check=_discovery_problem),
+    _S("discovery", str, "", "optional mqtt://host:port or mqtts://host:port (TLS) for live membership",
+       check=discovery_problem),
+    _S("discovery_username", str, "", "MQTT user name", shown="this node's name when a password file is given"),
+    _S("discovery_password_file", str, "", "file holding the MQTT password (first line, mode 0600); never the "
+       "password itself"),
+    _S("discovery_ca_file", str, "", "CA certificate (PEM) that signed the broker's, for mqtts://",
+       shown="the system's CAs"),
+    _S("discovery_cert_file", str, "", "client certificate (PEM), for brokers that require one"),
+    _S("discovery_key_file", str, "", "the client certificate's private key (PEM)", shown="in the cert file"),
     _S("hello_interval", float, 1.0, "first delay between greetings while waiting to start", gt=0, unit="seconds"),
 ]
 #: Every setting by key.
@@ -329,94 +297,3 @@ def _num(value: float | None) -> str:
     return str(int(value)) if value is not None and float(value).is_integer() else str(value)
 
 
-# --- rules over several keys: each lives here once ------------------------------------------
-
-_Rule = Callable[[Mapping[str, Any]], None]
-_RULES: list[tuple[tuple[str, ...], _Rule]] = []
-
-
-def _rule(*keys: str) -> Callable[[_Rule], _Rule]:
-    """Register a rule run by :func:`validate` on configs that have all of ``keys``."""
-    def register(check: _Rule) -> _Rule:
-        _RULES.append((keys, check))
-        return check
-
-    return register
-
-
-@_rule("consortium", "peers")
-def _where_the_peers_are(v: Mapping[str, Any]) -> None:
-    if not v["consortium"] and not v["peers"]:
-        raise ConfigError("consortium", "give a consortium file, or a [peers] table name = endpoint")
-
-
-@_rule("insecure", "secret_key")
-def _keys_unless_insecure(v: Mapping[str, Any]) -> None:
-    if not v["insecure"] and not v["secret_key"]:
-        raise ConfigError("secret_key", "give the key file, or run with --insecure (plain text)")
-
-
-@_rule("curve", "transport")
-def _curve_needs_a_network(v: Mapping[str, Any]) -> None:
-    if v["curve"] and v["transport"] == "inproc":
-        raise ConfigError("curve", "CurveZMQ needs a network transport: use transport = \"tcp\" or \"ipc\"")
-
-
-@_rule("slow_nodes", "slowdown", "nodes")
-def _slow_nodes(v: Mapping[str, Any]) -> None:
-    slow, slowdown, nodes = v["slow_nodes"], v["slowdown"], v["nodes"]
-    if nodes is not None and slow > nodes:
-        raise ConfigError("slow_nodes", f"at most nodes = {nodes}, got {slow}")
-    if slow and slowdown == 1:
-        raise ConfigError("slowdown", f"{slow} slow nodes need slowdown > 1, e.g. slowdown = 5")
-    if slowdown != 1 and not slow:
-        raise ConfigError("slow_nodes", f"slowdown {slowdown} applies to slow_nodes >= 1")
-
-
-@_rule("attack", "attackers", "nodes")
-def _attackers(v: Mapping[str, Any]) -> None:
-    attack, attackers, nodes = v["attack"], v["attackers"], v["nodes"]
-    if attackers and not attack:
-        raise ConfigError("attack", f"{attackers} attackers need an attack, e.g. attack = \"scale:100\"")
-    if attack and not attackers:
-        raise ConfigError("attackers", f"attack {attack!r} needs attackers >= 1")
-    if nodes is not None and attackers > nodes - 1:
-        raise ConfigError("attackers", f"at most nodes - 1 = {nodes - 1} (one node must be honest), got {attackers}")
-
-
-@_rule("dp", "target_epsilon", "noise")
-def _privacy(v: Mapping[str, Any]) -> None:
-    dp, target, noise = v["dp"], v["target_epsilon"], v["noise"]
-    if not dp:
-        if target or noise:
-            key = "target_epsilon" if target else "noise"
-            raise ConfigError(key, "only applies with differential privacy: set dp = \"sample\" or \"update\"")
-        return
-    if target and noise:
-        raise ConfigError("noise", "give noise or target_epsilon, not both (the target picks the noise)")
-    if not (target or noise):
-        raise ConfigError("target_epsilon", f"dp = {dp!r} needs target_epsilon > 0 or noise > 0 (else epsilon is infinite)")
-
-
-@_rule("secure_aggregation")
-def _secure_aggregation(v: Mapping[str, Any]) -> None:
-    """What secure aggregation needs, of the keys this config has."""
-    if not v["secure_aggregation"]:
-        return
-    if v.get("mode", "sync") != "sync":
-        raise ConfigError("secure_aggregation", "needs the round barrier: use mode = \"sync\"")
-    if v.get("aggregator", "mean") != "mean":
-        raise ConfigError(
-            "secure_aggregation", f"aggregator {v['aggregator']!r} needs each neighbour's model; secure "
-            "aggregation reveals only their sum: use aggregator = \"mean\"",
-        )
-    if v.get("fanout"):
-        raise ConfigError(
-            "secure_aggregation", "needs a static topology (fanout = 0): random peers give neighbourhoods under 3"
-        )
-    if v.get("attack"):
-        raise ConfigError("secure_aggregation", "attack simulations are not supported with secure aggregation")
-    if "secret_key" in v and (v["insecure"] or not v["secret_key"]):
-        raise ConfigError(
-            "secure_aggregation", "derives its pairwise masks from the Curve key pair: give secret_key, not --insecure"
-        )

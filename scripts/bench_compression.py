@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Compressed plain gossip: final accuracy, bytes per node, rounds and bytes to a target.
+
+    python scripts/bench_compression.py                       # 16 nodes, ring, digits MLP, seeds 0-2
+    python scripts/bench_compression.py --topology random-regular:4 --model cnn
+
+Runs the same experiment (same data, partition, init, shuffling) with ``compress`` off,
+``fp16``, ``bf16`` and ``int8`` and prints, per codec, averaged over the seeds: the final
+mean accuracy over the nodes and its difference to uncompressed gossip in points; the
+model bytes each node sent over the run and the reduction factor; the rounds and bytes
+per node until the mean accuracy first reached the target (the uncompressed run's final
+mean accuracy minus 1 point, per seed); the wall time. Targets (issue 15): fp16 within
+0.2 point at half the bytes; int8 >= 3.5x fewer bytes within 0.5 point. ``topk:F`` and
+``randk:F`` are for CHOCO gossip (not built yet): on plain gossip they average sparse
+weights, which is not what they are for; ``--codecs`` runs them anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.simulator import run_simulation
+
+CODECS = ("", "fp16", "bf16", "int8")
+
+
+def _run(args: argparse.Namespace, seed: int, codec: str, target: float | None) -> dict[str, Any]:
+    """One run; ``target`` None: the uncompressed one, which sets the target itself."""
+    config = ExperimentConfig(nodes=args.nodes, rounds=args.rounds, topology=args.topology,
+                              model=args.model, seed=seed, compress=codec)
+    result = run_simulation(config)
+    summary = result.summary
+    if target is None:
+        target = summary["mean_accuracy"] - 0.01
+    reached, spent, cumulative = None, None, 0
+    for round_ in result.rounds:
+        cumulative += round_.bytes_sent
+        if reached is None and round_.mean_accuracy >= target:
+            reached, spent = round_.round + 1, cumulative / args.nodes
+    return {"accuracy": summary["mean_accuracy"], "bytes": summary["bytes_sent_total"] / args.nodes,
+            "rounds_to_target": reached, "bytes_to_target": spent, "wall": summary["wall_seconds"], "target": target}
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if len(present) == len(values) else None  # None: a seed never got there
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--topology", default="ring")
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--codecs", nargs="+", default=list(CODECS[1:]), help="besides uncompressed")
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {"none": []}
+    for seed in args.seeds:
+        runs["none"].append(_run(args, seed, "", None))
+    targets = {seed: run["target"] for seed, run in zip(args.seeds, runs["none"], strict=True)}
+    for codec in args.codecs:
+        runs[codec] = [_run(args, seed, codec, targets[seed]) for seed in args.seeds]
+    rows = {codec: {key: _mean([r[key] for r in results]) for key in results[0]} for codec, results in runs.items()}
+    base = rows["none"]
+    print(f"{args.nodes} nodes, {args.topology}, {args.model}, {args.rounds} rounds, seeds {args.seeds}; "
+          "target = uncompressed final accuracy - 1 point")
+    print(f"{'codec':<10} {'accuracy':>9} {'vs none':>8} {'bytes/node':>11} {'fewer':>6} "
+          f"{'rounds→t':>8} {'bytes→t':>10} {'wall s':>7}")
+    for codec, row in rows.items():
+        rounds_to = "-" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}"
+        bytes_to = "-" if row["bytes_to_target"] is None else f"{row['bytes_to_target']:,.0f}"
+        print(f"{codec:<10} {row['accuracy']:>9.4f} {100 * (row['accuracy'] - base['accuracy']):>+7.2f}p "
+              f"{row['bytes']:>11,.0f} {base['bytes'] / row['bytes']:>5.2f}x {rounds_to:>8} {bytes_to:>10} "
+              f"{row['wall']:>7.2f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
