@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +25,7 @@ try:
 except ImportError:  # Windows: no flock; an open file cannot be deleted there anyway
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_write", "remove_if_unlocked", "temp_prefix", "write_atomically"]
+__all__ = ["atomic_write", "remove_if_unlocked", "sync_written", "temp_prefix", "write_atomically"]
 
 
 def temp_prefix(path: Path) -> str:
@@ -35,7 +35,7 @@ def temp_prefix(path: Path) -> str:
 
 @contextlib.contextmanager
 def atomic_write(
-    path: Path, *, binary: bool = False, mode: int | None = None, lock: bool = False
+    path: Path, *, binary: bool = False, mode: int | None = None, lock: bool = False, sync: bool = True
 ) -> Iterator[IO[Any]]:
     """A file to write ``path``'s new contents to; they replace ``path`` when the block ends.
 
@@ -49,6 +49,9 @@ def atomic_write(
             ``None`` keeps the temporary file's 0600.
         lock: hold an exclusive lock on the temporary file until it is renamed (see
             :func:`remove_if_unlocked`).
+        sync: make the file and its rename durable before returning; ``False`` leaves
+            that to one :func:`sync_written` after a batch of files (an fsync of file and
+            folder cost ~16 ms per file here: 16 s for a thousand nodes' models).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _locked_temp_file(path) if lock else _temp_file(path)
@@ -61,7 +64,8 @@ def atomic_write(
                 os.fchmod(handle.fileno(), mode)
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
             if rename_open:
                 os.replace(tmp, path)
         if not rename_open:
@@ -69,7 +73,24 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
+    if sync:
+        _sync_folder(path.parent)
+
+
+def sync_written(paths: Sequence[Path]) -> None:
+    """Make files written with ``atomic_write(..., sync=False)`` and their renames durable.
+
+    One ``os.sync()`` where the OS has it (it waits for the write-back on Linux), else an
+    fsync of each file and of their folders.
+    """
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:  # pragma: no cover  (Windows)
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+    for folder in {path.parent for path in paths}:  # pragma: no cover
+        _sync_folder(folder)
 
 
 def write_atomically(path: Path, data: str | bytes, *, mode: int | None = None) -> None:

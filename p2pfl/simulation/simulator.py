@@ -29,6 +29,7 @@ from p2pfl.node.records import metrics_summary, summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.limits import check_memory, needs, prepare_limits
 from p2pfl.simulation.outputs import SUMMARY_FILE, check_model_names, save_models
 from p2pfl.simulation.pacing import PacedExecutor
 from p2pfl.simulation.recorder import MetricsRecorder, RoundSummary
@@ -96,9 +97,16 @@ async def _simulate(
     out_dir = Path(config.out) if config.out else None
     if out_dir is not None and config.save_models:
         check_model_names(names)  # before the run, not after it
+    degrees = _link_counts(config, experiment)
+    check_memory(degrees, _model_bytes(experiment))
+    context = zmq.Context()
+    try:  # before any socket: thousands of nodes need more than the defaults allow
+        prepare_limits(context, needs(config.transport, degrees), config.transport)
+    except BaseException:
+        context.term()
+        raise
     recorder = MetricsRecorder(names, out_dir, progress)
     started = time.perf_counter()
-    context = zmq.Context()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
     # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
     executor = PhasedWorker(idle=loop_idle_event(asyncio.get_running_loop()), cpu=cpu)
@@ -141,6 +149,25 @@ async def _simulate(
             _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=True)
     assert churn is not None  # set before the first await; the run would have raised otherwise
     return _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=False)
+
+
+def _link_counts(config: ExperimentConfig, experiment: Experiment) -> list[int]:
+    """How many peers each node may open a link to during the run.
+
+    Links open at a node's first send to a peer: with ``fanout`` (any peer may be drawn)
+    a node reaches at most ``fanout`` new peers a round, and as many more answering those
+    that reached it, not all ``nodes - 1``.
+    """
+    cap = 2 * config.fanout * config.rounds if config.fanout else None
+    counts = [len(experiment.schedule.peers(name)) for name in experiment.names]
+    return counts if cap is None else [min(count, cap) for count in counts]
+
+
+def _model_bytes(experiment: Experiment) -> int:
+    """Bytes of one node's model (every node trains the same architecture)."""
+    if not experiment.learners:
+        return 0
+    return sum(int(array.nbytes) for array in experiment.learners[0].get_weights().values())
 
 
 def _keep_results(

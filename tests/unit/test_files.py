@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from p2pfl._files import atomic_write, remove_if_unlocked, temp_prefix, write_atomically
+from p2pfl._files import atomic_write, remove_if_unlocked, sync_written, temp_prefix, write_atomically
 
 
 def test_write_atomically_replaces_the_file_and_leaves_no_temporary_file(tmp_path) -> None:
@@ -65,3 +65,16 @@ def test_a_locked_temporary_file_survives_the_cleaner_until_renamed(tmp_path) ->
     stale = tmp_path / f"{temp_prefix(path)}dead.tmp"  # a killed writer's: nobody holds it
     stale.write_bytes(b"half")
     assert remove_if_unlocked(stale) and not stale.exists()
+
+
+def test_a_batch_written_without_a_sync_each_is_complete_and_synced_once(tmp_path, monkeypatch):
+    syncs = []
+    monkeypatch.setattr(os, "fsync", lambda fd: syncs.append(fd))
+    paths = [tmp_path / "models" / f"n{i}.pt" for i in range(3)]
+    for i, path in enumerate(paths):
+        with atomic_write(path, binary=True, sync=False) as handle:
+            handle.write(bytes([i]) * 4)
+    assert syncs == []  # none per file
+    sync_written(paths)
+    assert [path.read_bytes() for path in paths] == [bytes([i]) * 4 for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["n0.pt", "n1.pt", "n2.pt"]  # no temp left

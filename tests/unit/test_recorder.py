@@ -63,3 +63,42 @@ def test_a_crashed_node_does_not_hold_rounds_and_counts_again_once_back():
     recorder.on_round_end(report("a", 3, 0.7), model(0.0))
     assert closed[-1].round == 3 and closed[-1].nodes == 2
     recorder.close()
+
+
+def test_a_node_back_with_a_late_report_is_waited_for_again_even_behind_the_others():
+    # the recorder checks each report from the first node still awaited on; a node
+    # before that point that comes back from a crash must be awaited again
+    closed = []
+    recorder = MetricsRecorder(["a", "b", "c"], progress=closed.append)
+    recorder.node_down("b")
+    recorder.on_round_end(report("a", 0, 0.5), model(0.0))
+    recorder.on_round_end(report("c", 0, 0.5), model(0.0))
+    recorder.on_round_end(report("a", 1, 0.5), model(0.0))
+    assert [s.round for s in closed] == [0]  # round 1 waits for c, b is down
+    recorder.node_up("b")
+    recorder.on_round_end(report("b", 0, 0.5), model(0.0))  # back, its round 0 late
+    recorder.on_round_end(report("c", 1, 0.5), model(0.0))
+    assert [s.round for s in closed] == [0]  # and now round 1 waits for b too
+    recorder.on_round_end(report("b", 1, 0.5), model(0.0))
+    assert [s.round for s in closed] == [0, 1] and closed[1].nodes == 3
+    recorder.close()
+
+
+def test_rounds_of_thousands_of_nodes_close_without_rescanning_every_node_per_report():
+    names = [f"n{i:04d}" for i in range(4000)]
+    closed = []
+    recorder = MetricsRecorder(names, progress=closed.append)
+    checks = 0
+    reported_up_to = recorder._reported_up_to
+
+    def counted(name: str) -> int:
+        nonlocal checks
+        checks += 1
+        return reported_up_to(name)
+
+    recorder._reported_up_to = counted  # type: ignore[method-assign]
+    for name in names:  # in name order: the case that rescanned 8 million times per round
+        recorder.on_round_end(report(name, 0, 0.5), model(0.0))
+    assert [s.round for s in closed] == [0]
+    assert checks < 3 * len(names)
+    recorder.close()
