@@ -38,6 +38,8 @@ BACKOFF_MAX = 5.0
 # How long a best-effort publish ("left", progress) may wait for the broker's acknowledgement:
 # neither shutting down nor a training round may hang on a broker that just went away.
 PUBLISH_TIMEOUT = 2.0
+#: How long leaving the broker may take before the connection is dropped without its goodbye.
+DISCONNECT_SECONDS = 3.0
 
 
 def parse_broker_url(broker: str) -> tuple[str, int]:
@@ -270,9 +272,12 @@ async def close(client: aiomqtt.Client) -> None:
     """Disconnect ``client``, tolerating a broker that is already gone."""
     mqtt = import_aiomqtt()
     try:
-        await client.__aexit__(None, None, None)
-    except mqtt.MqttError as exc:
-        log.debug("MQTT disconnect was not clean: %s", exc)
+        # aiomqtt waits for the broker's word without a deadline; a client cancelled mid-read
+        # (Ctrl-C in watch) can miss it, and stopping must not hang on the broker
+        async with asyncio.timeout(DISCONNECT_SECONDS):
+            await client.__aexit__(None, None, None)
+    except (mqtt.MqttError, TimeoutError) as exc:
+        log.debug("MQTT disconnect was not clean: %r", exc)
 
 
 def payload_bytes(payload: object) -> bytes:
