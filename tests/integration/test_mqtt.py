@@ -247,6 +247,13 @@ async def watch_cli(*args: str) -> tuple[int, str, str]:
     return cli.returncode, out.decode(), err.decode()
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In the child: SIGINT neither ignored nor blocked, whatever the test runner inherited
+    (a shell's background job ignores it; the full suite once left it so for the watcher)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 async def test_cli_watch_piped_prints_one_line_per_change(mqtt_broker: str, consortium: str) -> None:
     lines = []
     async with presence(mqtt_broker, consortium, "alice"):
@@ -254,6 +261,7 @@ async def test_cli_watch_piped_prints_one_line_per_change(mqtt_broker: str, cons
     cli = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "p2pfl", "watch", "--broker", mqtt_broker, "--consortium", consortium,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     try:
         assert cli.stdout is not None
