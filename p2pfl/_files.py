@@ -25,7 +25,7 @@ try:
 except ImportError:  # Windows: no flock; an open file cannot be deleted there anyway
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_write", "remove_if_unlocked", "sync_written", "temp_prefix", "write_atomically"]
+__all__ = ["atomic_write", "modified_time", "remove_if_unlocked", "sync_written", "temp_prefix", "write_atomically"]
 
 
 def temp_prefix(path: Path) -> str:
@@ -97,6 +97,15 @@ def write_atomically(path: Path, data: str | bytes, *, mode: int | None = None) 
     """Replace ``path`` with ``data`` (text is written as UTF-8); see :func:`atomic_write`."""
     with atomic_write(path, binary=isinstance(data, bytes), mode=mode) as handle:
         handle.write(data)
+
+
+def modified_time(path: Path | None) -> float | None:
+    """``path``'s modification time, or None for no path or one that cannot be read now
+    (watchers compare it between polls to see a file change)."""
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:
+        return None
 
 
 def remove_if_unlocked(path: Path) -> bool:

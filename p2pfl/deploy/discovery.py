@@ -4,10 +4,10 @@ the consortium's signing keys to check what the others announce."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from p2pfl._files import modified_time
 from p2pfl.deploy.config import OrgNodeConfig, resolve
 from p2pfl.deploy.consortium_file import load_consortium
 from p2pfl.discovery.broker import BrokerLogin, uses_tls
@@ -36,38 +36,33 @@ def broker_login(config: OrgNodeConfig, base: Path) -> BrokerLogin:
 
 class ConsortiumSigningKeys:
     """``name -> signing key`` from consortium.toml, re-read when the file changes (as the
-    allow-list is), so an added member's announcements are accepted without a restart.
+    allow-list is), so an added member's announcements and per-run keys are accepted
+    without a restart. One instance serves the node's presence and its secure aggregation.
 
     Args:
         path: consortium.toml.
-        load: reads the file's signing keys (raises on an invalid file: the old keys are kept).
     """
 
-    def __init__(self, path: Path, load: Callable[[Path], Mapping[str, str]]) -> None:
-        self._path = path
-        self._load = load
-        self._stamp = self._mtime()
-        self.keys = dict(load(path))
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = modified_time(path)
+        consortium = load_consortium(path)
+        self.keys = consortium.signing_keys()
+        self.names = consortium.names  # the members when the node started
 
     def __call__(self, name: str) -> str | None:
-        stamp = self._mtime()
+        stamp = modified_time(self.path)
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self.keys = dict(self._load(self._path))
+                self.keys = load_consortium(self.path).signing_keys()
             except P2PFLError as exc:  # a half-edited file: keep verifying with the keys we had
-                log.error("cannot re-read signing keys from %s (%s); keeping the previous ones", self._path, exc)
+                log.error("cannot re-read signing keys from %s (%s); keeping the previous ones", self.path, exc)
         return self.keys.get(name)
-
-    def _mtime(self) -> float | None:
-        try:
-            return self._path.stat().st_mtime
-        except OSError:
-            return None
 
 
 def presence_options(
-    config: OrgNodeConfig, base: Path, consortium_file: Path | None, secret_key: str | None,
+    config: OrgNodeConfig, base: Path, keys: ConsortiumSigningKeys | None, secret_key: str | None,
 ) -> dict[str, Any]:
     """``login``, ``identity`` and ``signing_keys`` for :class:`~p2pfl.discovery.MqttPresence`;
     says loudly what is not protected.
@@ -89,13 +84,13 @@ def presence_options(
     if identity is None:
         log.warning("node %s has no key pair: its announcements on the broker are unsigned, and members that "
                     "verify signatures ignore them", config.name)
-    if consortium_file is None:
+    if keys is None:
         log.warning(
             "MQTT discovery without a consortium file: announcements are NOT verified; anyone who can publish "
             "on %s can mark a neighbour offline", config.discovery,
         )
         return {"login": login, "identity": identity, "signing_keys": None}
-    keys = ConsortiumSigningKeys(consortium_file, lambda path: load_consortium(path).signing_keys())
+    consortium_file = keys.path
     fix = "re-run 'p2pfl consortium init DESCRIPTION --out DIR --force --keep-keys' and ship the new consortium.toml"
     if not keys.keys:
         log.warning(
@@ -104,8 +99,7 @@ def presence_options(
             consortium_file, config.discovery, fix,
         )
         return {"login": login, "identity": identity, "signing_keys": None}
-    members = load_consortium(consortium_file).names
-    unsigned = [name for name in members if name not in keys.keys]
+    unsigned = [name for name in keys.names if name not in keys.keys]
     if unsigned:
         log.warning("%s lists no signing_key for %s: their announcements will be refused; %s",
                     consortium_file, ", ".join(unsigned), fix)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pfl._files import modified_time
 from p2pfl.deploy.config import OrgNodeConfig, resolve
 from p2pfl.deploy.consortium_file import allow_list_loader, load_consortium
 from p2pfl.errors import ConfigError
@@ -105,26 +106,19 @@ async def watch_membership(
     hangup = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread / Windows
         loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    last = _mtime(watch_file)
+    last = modified_time(watch_file)
     try:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RELOAD_POLL_SECONDS):
                     await hangup.wait()
-            if hangup.is_set() or _mtime(watch_file) != last:
+            if hangup.is_set() or modified_time(watch_file) != last:
                 hangup.clear()
-                last = _mtime(watch_file)
+                last = modified_time(watch_file)
                 added, removed = allowlist.reload()  # logs what changed; keeps the old list on errors
                 if added or removed:
                     on_change(added | removed)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)
-
-
-def _mtime(path: Path | None) -> float | None:
-    try:
-        return path.stat().st_mtime if path is not None else None
-    except OSError:
-        return None
 

@@ -28,7 +28,6 @@ from p2pfl import discovery
 from p2pfl.assembly import Links, build_node, member_links, member_secure_aggregation, plain_links
 from p2pfl.deploy.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_learner, save_final_model
 from p2pfl.deploy.config import OrgNodeConfig, require_secure_neighbourhood, resolve
-from p2pfl.deploy.consortium_file import load_consortium
 from p2pfl.deploy.discovery import ConsortiumSigningKeys, presence_options
 from p2pfl.deploy.learner_loader import build_learner
 from p2pfl.deploy.membership import Membership, load_membership, watch_membership
@@ -91,12 +90,17 @@ async def run_org_node(config: OrgNodeConfig, base: Path) -> RunOutcome:
             links, keypair = await _link_security(config, base, membership, context, stack)
             security, allowlist = links.security_for(config.name), links.allowlist
             progress = ProgressQueue()
-            presence = await _presence(config, membership, security, allowlist, stack, base, keypair)
+            # one reader of the members' signing keys serves presence and secure aggregation
+            signing_keys = (
+                ConsortiumSigningKeys(membership.watch_file)
+                if membership.watch_file is not None and (config.discovery or config.secure_aggregation) else None
+            )
+            presence = await _presence(config, membership, security, allowlist, stack, base, keypair, signing_keys)
             node = build_node(
                 config, config.name, learner, membership.schedule,
                 ZmqTransport(context, config.bind, security=security),
                 start_round=start_round,
-                secure=_secure_aggregation(config, membership, allowlist, keypair, start_round),
+                secure=_secure_aggregation(config, membership, allowlist, keypair, start_round, signing_keys),
                 observer=progress if presence else None,
                 presence=presence,
                 checkpoint=recorder,
@@ -166,9 +170,7 @@ def _secure_aggregation(
         return member_secure_aggregation(config.name, keypair, allowlist, lambda _: None)
     require_secure_neighbourhood(membership.schedule.plan(config.name, start_round))
     if signing_key_of is None:
-        if membership.watch_file is None:
-            raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
-        signing_key_of = ConsortiumSigningKeys(membership.watch_file, lambda path: load_consortium(path).signing_keys())
+        raise ConfigError("secure_aggregation", "needs the members' signing keys from consortium.toml")
     unknown = [p for p in membership.schedule.peers(config.name) if signing_key_of(p) is None]
     if unknown:  # no silent fallback: without them no relayed key verifies and no round aggregates
         raise ConfigError("signing_key", f"no signing key for {', '.join(unknown)} in the consortium file: "
@@ -199,10 +201,12 @@ async def _link_security(
 
 async def _presence(
     config: OrgNodeConfig, membership: Membership, security: Any, allowlist: Any,
-    stack: contextlib.AsyncExitStack, base: Path, keypair: Any,
+    stack: contextlib.AsyncExitStack, base: Path, keypair: Any, signing_keys: ConsortiumSigningKeys | None = None,
 ) -> Any:
     if not config.discovery:
         return None
+    if signing_keys is None and membership.watch_file is not None:
+        signing_keys = ConsortiumSigningKeys(membership.watch_file)
     own = fingerprint(security.public_key) if security is not None else "insecure"
 
     def is_member(name: str, announced: str) -> bool:
@@ -213,7 +217,7 @@ async def _presence(
 
     # the reachable endpoint from the consortium file; a bind address like 0.0.0.0 is no use to others
     endpoint = membership.own_endpoint or config.bind
-    options = presence_options(config, base, membership.watch_file, keypair.secret if keypair else None)
+    options = presence_options(config, base, signing_keys, keypair.secret if keypair else None)
     presence = discovery.MqttPresence(
         config.discovery, membership.consortium_name, config.name, endpoint, own, is_member, **options
     )
