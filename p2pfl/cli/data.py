@@ -22,12 +22,12 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pfl.data import format_label_counts, label_counts, load_dataset, partition
+    from p2pfl.data import format_label_counts, label_counts, load_dataset, share
 
     # checked as `p2pfl simulate` checks them, before loading any data
     config_from_mapping(ExperimentConfig, {key: getattr(args, key) for key in KEYS})
     dataset = load_dataset(args.dataset, seed=args.seed, test_fraction=args.test_fraction)
-    parts = partition(dataset.y_train, args.nodes, args.partition, seed=args.seed)
+    parts = share(dataset.y_train, args.nodes, args.partition, seed=args.seed).parts
     counts = label_counts(dataset.y_train, parts, dataset.num_classes)
     print(f"{dataset.name}: {dataset.n_train} training samples, {dataset.n_test} test samples, "
           f"{dataset.num_classes} classes, partition {args.partition}, seed {args.seed}")

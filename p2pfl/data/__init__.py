@@ -6,6 +6,7 @@ Public API::
     available_datasets() -> list[str]
     check_dataset_spec(name) -> None
     partition(labels, num_nodes, spec, *, seed, min_samples=2) -> list[np.ndarray]
+    share(labels, num_nodes, spec, *, seed, min_samples=2) -> Shares  (partition, or copies when too few)
     parse_partition(spec) -> PartitionSpec
     label_counts(labels, parts, num_classes) -> np.ndarray
     format_label_counts(counts, names=None, *, node_names=None) -> str
@@ -16,10 +17,12 @@ from __future__ import annotations
 from p2pfl.data.datasets import Dataset, available_datasets, check_dataset_spec, load_dataset
 from p2pfl.data.partition import (
     PartitionSpec,
+    Shares,
     format_label_counts,
     label_counts,
     parse_partition,
     partition,
+    share,
 )
 
 __all__ = [
@@ -32,4 +35,6 @@ __all__ = [
     "load_dataset",
     "parse_partition",
     "partition",
+    "share",
+    "Shares",
 ]

@@ -171,6 +171,37 @@ def partition(
     return out
 
 
+@dataclass(frozen=True)
+class Shares:
+    """Each node's training indices, and how often each sample was dealt."""
+
+    parts: list[np.ndarray]
+    #: 1: disjoint shares; k > 1: the set was too small for ``min_samples`` per node,
+    #: so k copies of it were partitioned and nodes share samples
+    copies: int
+
+
+def share(
+    labels: np.ndarray, num_nodes: int, spec: str | PartitionSpec, *, seed: int, min_samples: int = 2
+) -> Shares:
+    """:func:`partition`, or, when there are fewer than ``min_samples`` training samples
+    per node, a partition of just enough copies of the set (the scheme, e.g. Dirichlet
+    label skew, holds over the copies). Simulations at a thousand nodes on a small
+    dataset then run, with a warning that says so, instead of refusing."""
+    labels = np.asarray(labels)
+    n = labels.shape[0] if labels.ndim == 1 else 0
+    copies = max(1, -(-num_nodes * min_samples // n)) if n else 1
+    if copies == 1:
+        return Shares(partition(labels, num_nodes, spec, seed=seed, min_samples=min_samples), 1)
+    logger.warning(
+        "%d nodes need %d training samples each but there are only %d: every sample is dealt to %d "
+        "nodes, so nodes share samples; for disjoint shares use at most %d nodes or more data",
+        num_nodes, min_samples, n, copies, n // min_samples,
+    )
+    parts = partition(np.tile(labels, copies), num_nodes, spec, seed=seed, min_samples=min_samples)
+    return Shares([np.sort(part % n) for part in parts], copies)
+
+
 def _iid(n: int, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray]:
     return np.array_split(rng.permutation(n), num_nodes)
 
@@ -180,8 +211,10 @@ def _dirichlet(
 ) -> list[np.ndarray]:
     n = labels.shape[0]
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    for _ in range(MAX_TRIES):
-        buckets: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
+    buckets: list[list[np.ndarray]] = []
+    # a draw costs O(nodes): past 100 nodes fewer redraws, then the top-up below
+    for _ in range(_tries(num_nodes)):
+        buckets = [[] for _ in range(num_nodes)]
         sizes = np.zeros(num_nodes, dtype=np.int64)
         for idx in by_class:
             idx = rng.permutation(idx)
@@ -198,10 +231,33 @@ def _dirichlet(
                 sizes[node] += len(chunk)
         if sizes.min() >= min_samples:
             return [np.concatenate(b) for b in buckets]
-    raise DataError(
-        f"dirichlet:{alpha:g} could not give each of {num_nodes} nodes at least {min_samples} samples "
-        f"in {MAX_TRIES} draws; use a larger alpha or fewer nodes"
+    parts = [np.concatenate(b) for b in buckets]
+    short = _top_up(parts, min_samples)
+    logger.info(
+        "dirichlet:%g over %d nodes: no draw gave every node %d samples; %d nodes were topped up "
+        "from the largest ones", alpha, num_nodes, min_samples, short,
     )
+    return parts
+
+
+def _tries(num_nodes: int) -> int:
+    return MAX_TRIES if num_nodes <= 100 else max(10, 100 * MAX_TRIES // num_nodes)
+
+
+def _top_up(parts: list[np.ndarray], min_samples: int) -> int:
+    """Move samples from the largest parts to those under ``min_samples`` (in place);
+    returns how many parts were short. Needs ``sum(sizes) >= len(parts) * min_samples``."""
+    short = [i for i, part in enumerate(parts) if len(part) < min_samples]
+    donors = [(-len(part), j) for j, part in enumerate(parts) if len(part) > min_samples]
+    heapq.heapify(donors)  # the largest part gives first, the lowest index on ties
+    for i in short:
+        while len(parts[i]) < min_samples:
+            _, j = heapq.heappop(donors)
+            parts[i] = np.append(parts[i], parts[j][-1])
+            parts[j] = parts[j][:-1]
+            if len(parts[j]) > min_samples:
+                heapq.heappush(donors, (-len(parts[j]), j))
+    return len(short)
 
 
 def _shards(

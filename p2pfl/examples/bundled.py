@@ -17,7 +17,7 @@ from typing import Any
 
 from p2pfl.assembly import build_learners
 from p2pfl.config import config_from_mapping
-from p2pfl.data import load_dataset, partition
+from p2pfl.data import load_dataset, share
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Learner
 from p2pfl.simulation.config import ExperimentConfig  # the settings' schema and defaults
@@ -40,5 +40,5 @@ def build_learner(*, index: int, nodes: int, **settings: Any) -> Learner:
         config.dataset, seed=config.seed, test_fraction=config.test_fraction,
         image=config.model == "cnn",
     )
-    parts = partition(dataset.y_train, nodes, config.partition, seed=config.seed)
+    parts = share(dataset.y_train, nodes, config.partition, seed=config.seed).parts
     return build_learners(config, dataset, parts)[index]

@@ -16,7 +16,7 @@ import torch
 
 from p2pfl.assembly import build_learners
 from p2pfl.attacks import AttackingLearner
-from p2pfl.data import Dataset, load_dataset, partition
+from p2pfl.data import Dataset, load_dataset, share
 from p2pfl.errors import ConfigError
 from p2pfl.learning.build import check_model_fits, make_model, node_seed
 from p2pfl.learning.learner import Learner
@@ -47,6 +47,7 @@ class Experiment:
     learners: list[Learner]  # TorchLearners, their DP versions, AttackingLearners
     attackers: list[str] = field(default_factory=list)  # names of the attacking nodes
     slow: list[str] = field(default_factory=list)  # names of the slowed-down nodes
+    samples_dealt: int = 1  # > 1: the training set was dealt that many times (nodes share samples)
 
     @property
     def names(self) -> list[str]:
@@ -69,8 +70,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         config.dataset, seed=config.seed, test_fraction=config.test_fraction,
         image=config.model == "cnn",
     )
-    parts = partition(dataset.y_train, topology.n, config.partition, seed=config.seed)
-    learners = build_learners(config, dataset, parts)
+    shares = share(dataset.y_train, topology.n, config.partition, seed=config.seed)
+    learners = build_learners(config, dataset, shares.parts)
     attackers = pick_attackers(config, topology.n)
     for i in attackers:
         learners[i] = AttackingLearner(
@@ -78,7 +79,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         )
     names = [topology.names[i] for i in attackers]
     slow = [topology.names[i] for i in pick_slow_nodes(config, topology.n)]
-    return Experiment(config, topology, schedule, dataset, parts, learners, names, slow)
+    return Experiment(config, topology, schedule, dataset, shares.parts, learners, names, slow, shares.copies)
 
 
 def check_secure_neighbourhoods(schedule: GossipSchedule, names: list[str]) -> None:

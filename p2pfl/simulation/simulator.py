@@ -304,6 +304,7 @@ def _summary(
         "mode": config.mode,
         "compress": config.compress,  # the codec models travelled with ("" = none)
         "slow_nodes": list(experiment.slow),
+        "samples_dealt": experiment.samples_dealt,  # > 1: too few samples, nodes share them
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
         "honest_min_accuracy": min(honest) if honest else None,
         "consensus_distance": last.consensus_distance if last else None,

@@ -11,6 +11,7 @@ from p2pfl.data.partition import (
     label_counts,
     parse_partition,
     partition,
+    share,
 )
 from p2pfl.errors import DataError
 
@@ -140,10 +141,31 @@ def test_dirichlet_small_alpha_more_skewed(digits_labels: np.ndarray) -> None:
     assert high > 0.95 * np.log(10)  # alpha=100 is near IID
 
 
-def test_dirichlet_impossible_min_samples() -> None:
-    labels = np.repeat(np.arange(10), 10)  # 100 samples
-    with pytest.raises(DataError, match="use a larger alpha or fewer nodes"):
-        partition(labels, 20, "dirichlet:0.001", seed=0, min_samples=5)
+def test_dirichlet_tops_up_nodes_no_draw_could_fill() -> None:
+    labels = np.repeat(np.arange(10), 10)  # 100 samples: 20 nodes x 5 takes them all
+    parts = partition(labels, 20, "dirichlet:0.001", seed=0, min_samples=5)
+    assert [len(p) for p in parts] == [5] * 20
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100))  # still disjoint and complete
+    again = partition(labels, 20, "dirichlet:0.001", seed=0, min_samples=5)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_share_is_partition_when_the_data_suffices(digits_labels: np.ndarray) -> None:
+    shares = share(digits_labels, 10, "dirichlet:0.5", seed=3)
+    expected = partition(digits_labels, 10, "dirichlet:0.5", seed=3)
+    assert shares.copies == 1
+    assert all(np.array_equal(a, b) for a, b in zip(shares.parts, expected, strict=True))
+
+
+def test_share_deals_copies_loudly_when_nodes_outnumber_samples(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.arange(100) % 10
+    with caplog.at_level("WARNING"):
+        shares = share(labels, 120, "dirichlet:0.5", seed=0)
+    assert shares.copies == 3  # 120 nodes x 2 samples = 240 > 2 x 100
+    assert "every sample is dealt to 3 nodes" in caplog.text and "use at most 50 nodes" in caplog.text
+    assert min(len(p) for p in shares.parts) >= 2
+    dealt = np.bincount(np.concatenate(shares.parts), minlength=100)
+    assert dealt.tolist() == [3] * 100  # each sample exactly copies times, nothing invented
 
 
 def test_shards_limit_labels_per_node(digits_labels: np.ndarray) -> None:

@@ -76,12 +76,12 @@ def test_experiment_file_names_the_csv_label_column(
 def test_partition_errors_name_what_a_user_can_change() -> None:
     with pytest.raises(DataError) as too_many:
         partition(np.arange(10) % 2, 6, "iid", seed=0)
-    with pytest.raises(DataError) as dirichlet:
-        partition(np.repeat(np.arange(10), 10), 20, "dirichlet:0.001", seed=0)
-    for exc in (too_many, dirichlet):
+    with pytest.raises(DataError) as shards:
+        partition(np.repeat(np.arange(10), 10), 20, "shards:6", seed=0)
+    for exc in (too_many, shards):
         assert "min_samples" not in str(exc.value)
     assert "use at most 5 nodes" in str(too_many.value)
-    assert "larger alpha or fewer nodes" in str(dirichlet.value)
+    assert "use fewer shards per node or fewer nodes" in str(shards.value)
 
 
 def test_data_command_with_no_nodes_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
