@@ -85,3 +85,22 @@ def test_bad_sizes() -> None:
         build_model("mlp", (4,), 2, hidden=0)
     with pytest.raises(ConfigError, match="input shape"):
         build_model("logreg", (), 2)
+
+
+def test_learners_share_what_is_common_and_own_only_their_rows() -> None:
+    """Many nodes on one device: each holds its model, optimizer and rows, never a copy
+    of the common test set or of another node's data."""
+    from p2pfl.data import load_dataset, partition
+    from p2pfl.learning.build import build_learners
+    from p2pfl.simulation.config import ExperimentConfig
+
+    config = ExperimentConfig(nodes=3)
+    dataset = load_dataset("digits", seed=0)
+    parts = partition(dataset.y_train, 3, "iid", seed=0)
+    learners = build_learners(config, dataset, parts)
+    tests = {learner.test_data.x.data_ptr() for learner in learners}  # type: ignore[attr-defined]
+    assert tests == {learners[0].test_data.x.data_ptr()} and len(tests) == 1  # type: ignore[attr-defined]
+    for learner, rows in zip(learners, parts, strict=True):
+        assert len(learner.train_data.x) == len(rows)  # type: ignore[attr-defined]
+    params = [{p.data_ptr() for p in learner.model.parameters()} for learner in learners]  # type: ignore[attr-defined]
+    assert not params[0] & params[1] and not params[1] & params[2]
