@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 7: a consortium: description, bundles, rehearsal (uses deploy and simulation)
     ("consortium",),
     # 8: entry points and conveniences (``__init__`` is the package's lazy exports)
-    ("cli", "report", "examples", "testing", "netfault", "__main__", "__init__"),
+    ("cli", "report", "report_compare", "examples", "testing", "netfault", "__main__", "__init__"),
 )
 
 #: Same layer, yet neither may import the other.

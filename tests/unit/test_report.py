@@ -107,3 +107,37 @@ def test_overwrite_clears_every_plot_the_report_can_draw() -> None:
 
     drawn = set(re.findall(r'"(\w+\.png)"', inspect.getsource(report)))
     assert drawn and drawn <= set(PLOTS)
+
+
+def test_comparison_puts_each_run_on_accuracy_against_cumulative_bytes(tmp_path: Path) -> None:
+    from p2pfl.report_compare import draw_comparison
+
+    write_run(tmp_path / "plain", SIMULATION)
+    write_run(tmp_path / "int8", {**SIMULATION, "compress": "int8"})
+    rows = [json.loads(line) for line in (tmp_path / "int8" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # a quarter of the bytes
+        row["bytes_sent"] = SENT // 4
+    (tmp_path / "int8" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    fig = draw_comparison([tmp_path / "plain", tmp_path / "int8"])
+    per_round, versus = fig.axes
+    assert versus.get_xscale() == "log"
+    labels = [line.get_label() for line in versus.get_lines()]
+    assert labels == ["plain (float32, plain, torus:2x2)", "int8 (int8, plain, torus:2x2)"]
+    plain, int8 = versus.get_lines()
+    assert list(plain.get_xdata()) == pytest.approx([SENT * (r + 1) / 1e6 for r in range(ROUNDS)])
+    assert list(int8.get_xdata()) == pytest.approx([SENT // 4 * (r + 1) / 1e6 for r in range(ROUNDS)])
+    assert list(int8.get_ydata()) == pytest.approx([0.5 + 0.05 * r + 0.015 for r in range(ROUNDS)])
+    assert fig.get_suptitle() == "torus:2x2, breast_cancer, 4 nodes, sync, 5 rounds"  # both runs' setting
+
+
+def test_report_of_several_runs_needs_a_folder_for_the_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pfl.cli.main import main
+
+    write_run(tmp_path / "a", SIMULATION)
+    write_run(tmp_path / "b", SIMULATION)
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b")]) != 0
+    assert "give --to FOLDER for compare.png" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--to", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
