@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from p2pfl.aggregation.consensus import model_distances
 from p2pfl import wire
+from p2pfl.aggregation.consensus import model_distances
 from p2pfl.learning.learner import Weights
 from p2pfl.node.compression import node_seed
 from p2pfl.settings import parse_gossip
@@ -35,7 +35,6 @@ def run_reference(
 
 
 def _run(experiment: Experiment, on_round: Callable[[RoundSummary], None] | None) -> list[Weights]:
-    names = experiment.names
     learners = experiment.learners
     algorithm, gamma = parse_gossip(experiment.config.gossip)
     choco = _Choco(experiment, gamma) if algorithm == "choco" else None
