@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 CHOCO_META = "choco"
 #: events queued per neighbour before its copy is given up (resynchronised) instead
 MAX_QUEUED = 32
-#: seconds between two full copies sent to one neighbour (a request may be repeated)
+#: a full copy goes to one neighbour at most once per own difference or this many seconds
 RESYNC_INTERVAL = 1.0
+#: rounds before a request not yet answered is repeated (the answer may have been lost)
+ASK_AGAIN = 2
 
 
 def choco_meta(message: Message) -> tuple[int, int]:
@@ -91,8 +93,8 @@ class ChocoGossip:
         self._queues: dict[str, list[Event]] = {}  # the loop's: what arrived, not applied yet
         self._last: dict[str, int] = {}  # newest difference accepted per sender
         self._clocks: dict[str, int] = {}  # async: newest clock per sender
-        self._asked: set[str] = set()  # full copies requested and not yet arrived
-        self._answered: dict[str, float] = {}
+        self._asked: dict[str, int] = {}  # full copies requested and not yet arrived: round asked
+        self._answered: dict[str, tuple[int, float]] = {}  # own seq and time of the last answer
         self._round = 0
 
     def handlers(self) -> Mapping[Kind, Handler]:
@@ -150,11 +152,11 @@ class ChocoGossip:
     # -- resynchronising -----------------------------------------------------------------
 
     def _on_resync(self, message: Message) -> None:
-        now = time.monotonic()
-        if now - self._answered.get(message.sender, -RESYNC_INTERVAL) < RESYNC_INTERVAL:
-            raise WireError("rate_limited", f"{message.sender} asked for a full copy again within {RESYNC_INTERVAL} s")
-        self._answered[message.sender] = now
-        seq, own, crc = self._own
+        now, (seq, own, crc) = time.monotonic(), self._own
+        last_seq, last_time = self._answered.get(message.sender, (-1, -RESYNC_INTERVAL))
+        if last_seq == seq and now - last_time < RESYNC_INTERVAL:
+            raise WireError("rate_limited", f"{message.sender} asked for the same full copy within {RESYNC_INTERVAL} s")
+        self._answered[message.sender] = (seq, now)
         frames = wire.encode(
             kind=Kind.CHOCO_STATE, sender=self._link.name, round=self._round, samples=0, tensors=own,
             meta={CHOCO_META: {"seq": seq, "crc": crc}},
@@ -168,7 +170,7 @@ class ChocoGossip:
         seq, crc = choco_meta(message)
         if fingerprint(message.tensors) != crc:
             raise WireError("bad_header", f"{sender}'s full copy does not match its CRC")
-        self._asked.discard(sender)
+        del self._asked[sender]
         # differences sent before it are in it: only later ones count now
         self._last[sender] = max(self._last.get(sender, -1), seq - 1)
         self._enqueue(Event("state", sender, seq, message.round, message.tensors, crc, message.nbytes))
@@ -177,8 +179,9 @@ class ChocoGossip:
         frames = wire.encode(kind=Kind.CHOCO_RESYNC, sender=self._link.name, round=self._round, samples=0,
                              tensors={})
         for peer in peers:
-            self._asked.add(peer)
-            self._link.send([peer], frames, control=True)
+            if self._round - self._asked.get(peer, self._round - ASK_AGAIN) >= ASK_AGAIN:
+                self._asked[peer] = self._round
+                self._link.send([peer], frames, control=True)
 
     # -- the round -----------------------------------------------------------------------
 
