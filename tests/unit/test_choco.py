@@ -208,3 +208,12 @@ def test_choco_is_refused_where_it_cannot_work(extra, words):
     with pytest.raises(ConfigError) as info:
         ExperimentConfig(gossip="choco", **extra)
     assert info.value.field == "gossip" and words in str(info.value)
+
+
+def test_report_titles_name_the_gossip() -> None:
+    from p2pfl.report import run_title
+
+    rows = [{"node": "0", "round": 0}]
+    base = {"nodes": 16, "topology": "ring", "mode": "sync", "rounds": 40, "compress": "topk:0.02"}
+    assert run_title({**base, "gossip": "choco"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress topk:0.02, gossip choco"
+    assert run_title({**base, "gossip": "plain"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress topk:0.02"
