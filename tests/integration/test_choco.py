@@ -48,3 +48,13 @@ async def test_async_choco_learns():
     summary = (await simulate(config)).summary
     assert summary["messages_rejected"] == {}
     assert summary["mean_accuracy"] >= 0.85
+
+
+async def test_a_crashed_and_recovered_node_is_resynchronised_and_the_run_completes():
+    config = ExperimentConfig(**{**BASE, "rounds": 8, "round_timeout": 2.0}, gossip="choco", compress="topk:0.2",
+                              fail=("node=2,round=2",), recover=("node=2,round=4",))
+    result = await simulate(config)
+    summary = result.summary
+    assert summary["rounds_completed"] == 8
+    assert set(summary["messages_rejected"]) <= {"stale_round", "unknown_sender"}  # the crash's own
+    assert summary["mean_accuracy"] >= 0.8
