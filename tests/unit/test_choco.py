@@ -217,3 +217,23 @@ def test_report_titles_name_the_gossip() -> None:
     base = {"nodes": 16, "topology": "ring", "mode": "sync", "rounds": 40, "compress": "topk:0.02"}
     assert run_title({**base, "gossip": "choco"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress topk:0.02, gossip choco"
     assert run_title({**base, "gossip": "plain"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress topk:0.02"
+
+
+def test_every_config_takes_gossip_and_refuses_it_with_secure_aggregation() -> None:
+    from p2pfl.consortium.bundle import NODE_KEYS
+    from p2pfl.consortium.description import TrainingSettings
+    from p2pfl.deploy.config import OrgNodeConfig
+    from p2pfl.node.records import NodeConfig
+
+    assert "gossip" in NODE_KEYS
+    assert TrainingSettings(learner="pkg.mod:build", gossip="choco:0.3").gossip == "choco:0.3"
+    assert NodeConfig(name="a", rounds=2, gossip="choco").gossip == "choco"
+    node = {"name": "a", "bind": "tcp://0.0.0.0:7002", "peers": {"b": "tcp://b:7002"}, "insecure": True,
+            "learner": "pkg.mod:build"}
+    assert OrgNodeConfig(**node, gossip="choco").gossip == "choco"
+    for make in (lambda: TrainingSettings(learner="pkg.mod:build", gossip="choco", secure_aggregation=True),
+                 lambda: OrgNodeConfig(**{**node, "insecure": False, "secret_key": "k"}, gossip="choco",
+                                       secure_aggregation=True)):
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert info.value.field == "gossip"
