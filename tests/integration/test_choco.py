@@ -3,11 +3,13 @@ where naive sparse averaging does not, and it records its algorithm."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from p2pfl import ExperimentConfig, build_experiment, run_reference, simulate
 from p2pfl.testing import assert_same_weights
 
+TIMEOUT = 10.0
 BASE = {"nodes": 6, "topology": "ring", "partition": "dirichlet:0.5", "rounds": 4, "seed": 3}
 
 
@@ -58,3 +60,38 @@ async def test_a_crashed_and_recovered_node_is_resynchronised_and_the_run_comple
     assert summary["rounds_completed"] == 8
     assert set(summary["messages_rejected"]) <= {"stale_round", "unknown_sender"}  # the crash's own
     assert summary["mean_accuracy"] >= 0.8
+
+
+async def test_a_live_choco_node_refuses_and_counts_bad_messages_and_keeps_serving(context, intruder):
+    from p2pfl import wire
+    from p2pfl.node.choco_copies import fingerprint
+    from p2pfl.testing import model_frames, tiny_learner, tiny_node, with_header
+
+    weights = tiny_learner(1).get_weights()
+    zero = {k: np.zeros_like(v) for k, v in weights.items()}
+
+    def diff(seq: int, crc: int = 0) -> list[bytes]:
+        return model_frames(tiny_learner(1), sender="1", round=0, tensors=zero, meta={"choco": {"seq": seq, "crc": crc}})
+
+    async with tiny_node(context, rounds=5, gossip="choco") as node, tiny_node(context, "2", rounds=5) as plain:
+        sock = intruder(node.endpoint)
+        state = [bytes(f) for f in wire.encode(kind="choco-state", sender="1", round=0, samples=0, tensors=weights,
+                                                meta={"choco": {"seq": 3, "crc": fingerprint(weights)}})]
+        attacks = {
+            "gossip_mismatch": model_frames(tiny_learner(1), sender="1", round=0),  # a plain model
+            "bad_header": with_header(diff(0), meta={"choco": {"seq": "0", "crc": 0}}),
+            "unsolicited": state,
+        }
+        for frames in attacks.values():
+            await sock.send_multipart(frames)
+        await node.wait_until(lambda s: all(s.rejected[r] >= 1 for r in attacks), TIMEOUT)
+        await sock.send_multipart(diff(0))
+        await node.wait_until(lambda s: s.messages_accepted == 1, TIMEOUT)
+        await sock.send_multipart(diff(0))  # a replay
+        await node.wait_until(lambda s: s.rejected["stale_round"] == 1, TIMEOUT)
+        assert node.stats.messages_accepted == 1
+        # and a plain node refuses CHOCO's messages
+        sock = intruder(plain.endpoint)
+        await sock.send_multipart(diff(0))
+        await sock.send_multipart(state)
+        await plain.wait_until(lambda s: s.rejected["gossip_mismatch"] == 1 and s.rejected["choco_off"] == 1, TIMEOUT)
