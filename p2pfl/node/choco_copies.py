@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from p2pfl.wire import first_non_finite
+
 if TYPE_CHECKING:
     from p2pfl.learning.learner import Weights
 
@@ -120,7 +122,12 @@ class PublicCopies:
                 self._hats[peer] = None
                 continue
             assert event.tensors is not None
-            hat = advance(hat, event.tensors)
+            with np.errstate(over="ignore"):  # checked just below
+                hat = advance(hat, event.tensors)
+            if first_non_finite(hat) is not None:  # finite parts can still overflow a sum
+                log.warning("CHOCO: %s's difference %d makes its copy non-finite; resynchronising", peer, event.seq)
+                self._hats[peer] = None
+                continue
             if fingerprint(hat) != event.crc:
                 log.info("CHOCO: %s's public copy differs from its own after difference %d; resynchronising",
                          peer, event.seq)

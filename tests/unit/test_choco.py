@@ -237,3 +237,13 @@ def test_every_config_takes_gossip_and_refuses_it_with_secure_aggregation() -> N
         with pytest.raises(ConfigError) as info:
             make()
         assert info.value.field == "gossip"
+
+
+def test_a_difference_that_overflows_the_copy_takes_it_out_of_step():
+    from p2pfl.node.choco_copies import Event, PublicCopies
+
+    start = {"w": np.full(SHAPE, 3e38, np.float32)}
+    copies = PublicCopies(start)
+    huge = {"w": np.full(SHAPE, 3e38, np.float32)}
+    copies.apply([Event("diff", "a", 0, 0, huge, fingerprint(huge))])
+    assert copies.out_of_step() == ["a"] and copies.in_step("a") is None
