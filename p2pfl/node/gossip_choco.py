@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 #: ``meta`` key of CHOCO's differences and states: ``{"seq": int, "crc": int}``
 CHOCO_META = "choco"
-#: events queued per neighbour before its copy is given up (resynchronised) instead
-MAX_QUEUED = 32
+#: events queued per neighbour (each a dense model) before its copy is given up and
+#: resent in full instead: bounds memory when a neighbour runs far ahead (async)
+MAX_QUEUED = 8
 #: a full copy goes to one neighbour at most once per own difference or this many seconds
 RESYNC_INTERVAL = 1.0
 #: rounds before a request not yet answered is repeated (the answer may have been lost)
