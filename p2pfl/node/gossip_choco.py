@@ -156,7 +156,7 @@ class ChocoGossip:
         now, (seq, own, crc) = time.monotonic(), self._own
         last_seq, last_time = self._answered.get(message.sender, (-1, -RESYNC_INTERVAL))
         if last_seq == seq and now - last_time < RESYNC_INTERVAL:
-            raise WireError("rate_limited", f"{message.sender} asked for the same full copy within {RESYNC_INTERVAL} s")
+            raise WireError("choco_rate_limited", f"{message.sender} asked for the same full copy within {RESYNC_INTERVAL} s")
         self._answered[message.sender] = (seq, now)
         frames = wire.encode(
             kind=Kind.CHOCO_STATE, sender=self._link.name, round=self._round, samples=0, tensors=own,
@@ -167,10 +167,10 @@ class ChocoGossip:
     def _on_state(self, message: Message) -> None:
         sender = message.sender
         if sender not in self._asked:
-            raise WireError("unsolicited", f"a full CHOCO copy from {sender}, not asked for")
+            raise WireError("choco_unasked", f"a full CHOCO copy from {sender}, not asked for")
         seq, crc = choco_meta(message)
         if fingerprint(message.tensors) != crc:
-            raise WireError("bad_header", f"{sender}'s full copy does not match its CRC")
+            raise WireError("choco_crc", f"{sender}'s full copy does not match its CRC")
         del self._asked[sender]
         # differences sent before it are in it: only later ones count now
         self._last[sender] = max(self._last.get(sender, -1), seq - 1)

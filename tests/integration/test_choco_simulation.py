@@ -80,7 +80,7 @@ async def test_a_live_choco_node_refuses_and_counts_bad_messages_and_keeps_servi
         attacks = {
             "gossip_mismatch": model_frames(tiny_learner(1), sender="1", round=0),  # a plain model
             "bad_header": with_header(diff(0), meta={"choco": {"seq": "0", "crc": 0}}),
-            "unsolicited": state,
+            "choco_unasked": state,
         }
         for frames in attacks.values():
             await sock.send_multipart(frames)

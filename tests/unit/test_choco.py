@@ -164,11 +164,11 @@ async def test_replays_unasked_states_and_spoiled_states_are_refused():
     state = message(Kind.CHOCO_STATE, {CHOCO_META: {"seq": 4, "crc": fingerprint(message().tensors)}})
     with pytest.raises(WireError) as unasked:
         node.handlers()[Kind.CHOCO_STATE](state)
-    assert unasked.value.reason == "unsolicited"
+    assert unasked.value.reason == "choco_unasked"
     node._asked["a"] = 0
     with pytest.raises(WireError) as spoiled:
         node.handlers()[Kind.CHOCO_STATE](message(Kind.CHOCO_STATE, {CHOCO_META: {"seq": 4, "crc": 1}}))
-    assert spoiled.value.reason == "bad_header"
+    assert spoiled.value.reason == "choco_crc"
     node.handlers()[Kind.CHOCO_STATE](state)  # asked and intact: taken
 
 
@@ -180,7 +180,7 @@ def test_resync_requests_are_rate_limited():
         net.nodes["a"].handlers()[Kind.CHOCO_RESYNC](ask)
         with pytest.raises(WireError) as again:
             net.nodes["a"].handlers()[Kind.CHOCO_RESYNC](ask)
-        assert again.value.reason == "rate_limited"
+        assert again.value.reason == "choco_rate_limited"
 
     asyncio.run(twice())
     assert net.links["a"].kinds == [Kind.CHOCO_STATE]
