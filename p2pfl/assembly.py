@@ -97,6 +97,8 @@ class NodeSettings(Protocol):
     def staleness_grace(self) -> int: ...
     @property
     def compress(self) -> str: ...
+    @property
+    def gossip(self) -> str: ...
 
 
 def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> NodeConfig:
@@ -105,6 +107,7 @@ def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> Node
         name=name, rounds=settings.rounds, round_timeout=settings.round_timeout,
         start_round=start_round, mode=settings.mode, staleness=settings.staleness,
         staleness_grace=settings.staleness_grace, compress=settings.compress,
+        gossip=settings.gossip,
     )
 
 

@@ -80,6 +80,9 @@ def run_title(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     codec = summary.get("compress") or config.get("compress")
     if codec:  # runs compared by codec: the plot says which
         extras.append(f"compress {codec}")
+    gossip = summary.get("gossip") or config.get("gossip")
+    if gossip and gossip != "plain":  # plain is what runs without the key too
+        extras.append(f"gossip {gossip}")
     return ", ".join(details + extras)
 
 

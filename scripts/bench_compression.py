@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Compressed plain gossip: final accuracy, bytes per node, rounds and bytes to a target.
+"""Compressed gossip: final accuracy, bytes per node, rounds and bytes to a target.
 
     python scripts/bench_compression.py                       # 16 nodes, ring, digits MLP, seeds 0-2
     python scripts/bench_compression.py --topology random-regular:4 --model cnn
+    python scripts/bench_compression.py --codecs choco+topk:0.02 choco:0.3+topk:0.05
 
 Runs the same experiment (same data, partition, init, shuffling) with ``compress`` off,
 ``fp16``, ``bf16`` and ``int8`` and prints, per codec, averaged over the seeds: the final
@@ -10,9 +11,11 @@ mean accuracy over the nodes and its difference to uncompressed gossip in points
 model bytes each node sent over the run and the reduction factor; the rounds and bytes
 per node until the mean accuracy first reached the target (the uncompressed run's final
 mean accuracy minus 1 point, per seed); the wall time. Targets (issue 15): fp16 within
-0.2 point at half the bytes; int8 >= 3.5x fewer bytes within 0.5 point. ``topk:F`` and
-``randk:F`` are for CHOCO gossip (not built yet): on plain gossip they average sparse
-weights, which is not what they are for; ``--codecs`` runs them anyway.
+0.2 point at half the bytes; int8 >= 3.5x fewer bytes within 0.5 point; CHOCO with topk
+>= 10x fewer bytes to the target (``fewer→t``). A row ``GOSSIP+CODEC`` (e.g.
+``choco:0.5+topk:0.02``, or ``choco`` alone: dense differences) runs CHOCO gossip with
+that codec; a plain codec runs plain gossip. ``topk:F`` and ``randk:F`` alone average
+sparse weights, which is not what they are for; ``--codecs`` runs them anyway.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from typing import Any
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.simulator import run_simulation
 
-CODECS = ("", "fp16", "bf16", "int8")
+CODECS = ("", "fp16", "bf16", "int8", "choco+topk:0.02", "choco+topk:0.05")
+
+
+def _row(spec: str) -> tuple[str, str]:
+    """``(gossip, compress)`` of a row: ``int8``, ``choco``, ``choco:0.3+topk:0.02``."""
+    if "+" in spec:
+        gossip, codec = spec.split("+", 1)
+        return gossip, codec
+    return (spec, "") if spec.startswith("choco") else ("plain", spec)
 
 
 def _run(args: argparse.Namespace, seed: int, codec: str, target: float | None) -> dict[str, Any]:
     """One run; ``target`` None: the uncompressed one, which sets the target itself."""
+    gossip, compress = _row(codec)
     config = ExperimentConfig(nodes=args.nodes, rounds=args.rounds, topology=args.topology,
-                              model=args.model, seed=seed, compress=codec)
+                              model=args.model, seed=seed, compress=compress, gossip=gossip)
     result = run_simulation(config)
     summary = result.summary
     if target is None:
@@ -69,14 +81,16 @@ def main() -> None:
     base = rows["none"]
     print(f"{args.nodes} nodes, {args.topology}, {args.model}, {args.rounds} rounds, seeds {args.seeds}; "
           "target = uncompressed final accuracy - 1 point")
-    print(f"{'codec':<10} {'accuracy':>9} {'vs none':>8} {'bytes/node':>11} {'fewer':>6} "
-          f"{'rounds→t':>8} {'bytes→t':>10} {'wall s':>7}")
+    print(f"{'codec':<20} {'accuracy':>9} {'vs none':>8} {'bytes/node':>11} {'fewer':>6} "
+          f"{'rounds→t':>8} {'bytes→t':>10} {'fewer→t':>8} {'wall s':>7}")
     for codec, row in rows.items():
         rounds_to = "-" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}"
         bytes_to = "-" if row["bytes_to_target"] is None else f"{row['bytes_to_target']:,.0f}"
-        print(f"{codec:<10} {row['accuracy']:>9.4f} {100 * (row['accuracy'] - base['accuracy']):>+7.2f}p "
+        fewer_to = ("-" if row["bytes_to_target"] is None or base["bytes_to_target"] is None
+                    else f"{base['bytes_to_target'] / row['bytes_to_target']:.2f}x")
+        print(f"{codec:<20} {row['accuracy']:>9.4f} {100 * (row['accuracy'] - base['accuracy']):>+7.2f}p "
               f"{row['bytes']:>11,.0f} {base['bytes'] / row['bytes']:>5.2f}x {rounds_to:>8} {bytes_to:>10} "
-              f"{row['wall']:>7.2f}")
+              f"{fewer_to:>8} {row['wall']:>7.2f}")
     print(json.dumps(rows))
 
 

@@ -58,6 +58,7 @@ class TrainingSettings:
     discovery_cert_file: str = setting("discovery_cert_file")
     discovery_key_file: str = setting("discovery_key_file")
     compress: str = setting("compress")
+    gossip: str = setting("gossip")
     secure_aggregation: bool = setting("secure_aggregation")
 
     def __post_init__(self) -> None:

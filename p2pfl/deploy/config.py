@@ -40,6 +40,7 @@ class OrgNodeConfig:
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
     compress: str = setting("compress")
+    gossip: str = setting("gossip")
     start: str = setting("start")
     state_dir: str = setting("state_dir")
     discovery: str = setting("discovery")

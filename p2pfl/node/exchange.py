@@ -2,8 +2,9 @@
 
 An :class:`Exchange` does one round's communication: it sends what the round sends,
 collects what arrives and hands back how to aggregate it. Plain synchronous gossip
-(:mod:`p2pfl.node.gossip`), asynchronous gossip (:mod:`p2pfl.node.gossip_async`) and
-secure aggregation (:mod:`p2pfl.privacy.secagg_exchange`) are the three. Each runs
+(:mod:`p2pfl.node.gossip`), asynchronous gossip (:mod:`p2pfl.node.gossip_async`), CHOCO
+gossip (:mod:`p2pfl.node.gossip_choco`) and secure aggregation
+(:mod:`p2pfl.privacy.secagg_exchange`) are the four. Each runs
 against a :class:`Link`, the little of its node it may use (its name, the schedule's
 plans, sending, the round inbox), so a test drives one with a fake link and no sockets.
 

@@ -24,12 +24,14 @@ from p2pfl.node.compression import ErrorFeedback, node_seed
 from p2pfl.node.exchange import Exchange, ExchangeBuilder, Trained
 from p2pfl.node.gossip import SyncGossip
 from p2pfl.node.gossip_async import ASYNC_META, AsyncGossip
+from p2pfl.node.gossip_choco import ChocoGossip
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.node.link import NodeLink
 from p2pfl.node.peers import PeerPresence, PeerTracker, StartCondition
 from p2pfl.node.receiving import Receiver
 from p2pfl.node.records import NodeConfig, NodeStats, RoundMetrics, RoundObserver, limits_for
 from p2pfl.node.steps import Finished, RoundWorker, StagedExecutor
+from p2pfl.settings import parse_gossip
 from p2pfl.topology.schedule import GossipSchedule
 from p2pfl.transport import Incoming, ZmqTransport
 
@@ -111,7 +113,13 @@ class Node:
         feedback = ErrorFeedback(codec, node_seed(config.name)) if codec is not None else None
         if secure is not None and codec is not None:
             raise NodeError(f"compress = {config.compress!r} does not compose with secure aggregation")
-        if secure is not None:
+        algorithm, gamma = parse_gossip(config.gossip)
+        if algorithm == "choco":
+            if secure is not None or aggregator is not mix:
+                raise NodeError(f"gossip = {config.gossip!r} needs the default mean and no secure aggregation")
+            self._exchange = ChocoGossip(self._link, gamma=gamma, codec=codec, seed=node_seed(config.name),
+                                         initial=weights, mode=config.mode)
+        elif secure is not None:
             self._exchange = secure.build_exchange(self._link, mode=config.mode, aggregator=aggregator,
                                                    schema=self._schema)
         elif config.mode == "async":

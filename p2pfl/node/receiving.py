@@ -14,10 +14,13 @@ from p2pfl import wire
 from p2pfl.errors import NodeError, WireError
 from p2pfl.node.catchup import CatchUp
 from p2pfl.node.exchange import Exchange, Handler
+from p2pfl.node.gossip_choco import CHOCO_META
 from p2pfl.node.link import NodeLink
 from p2pfl.node.records import NodeConfig
+from p2pfl.settings import parse_gossip
 from p2pfl.transport import Incoming
 from p2pfl.wire import Kind, Message
+from p2pfl.wire.kinds import CHOCO_CONTROL_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class Receiver:
         self._schema = schema
         self._limits = limits
         self._codec = wire.parse_codec(config.compress)  # checked by the config already
+        self._gossip = parse_gossip(config.gossip)[0]
         self._handlers = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handler]:
@@ -61,6 +65,7 @@ class Receiver:
             Kind.BYE: self._on_bye,
             Kind.SYNC_REQUEST: self._catch_up.answer,
             Kind.SYNC: self._catch_up.offer,
+            **dict.fromkeys(CHOCO_CONTROL_KINDS, _refuse_choco),
             **self._exchange.handlers(),
         }
         for kind, handler in control.items():
@@ -114,6 +119,12 @@ class Receiver:
             raise WireError(
                 "mode_mismatch",
                 f"{message.sender} runs {theirs} gossip, this node {config.mode}: give every member the same mode",
+            )
+        theirs = "choco" if CHOCO_META in message.meta else "plain"
+        if theirs != self._gossip:
+            raise WireError(
+                "gossip_mismatch",
+                f"{message.sender} runs {theirs} gossip, this node {self._gossip}: give every member the same gossip",
             )
         if message.round >= config.rounds:
             raise WireError("future_round", f"round {message.round} >= last round {config.rounds}")
@@ -187,3 +198,7 @@ class Receiver:
         # Log the first few of each reason, then sparsely: a flood must not flood the log.
         if count <= 5 or count % 1000 == 0:
             log.warning("node %s rejected a message (%s, #%d): %s", self.name, reason, count, detail)
+
+
+def _refuse_choco(message: Message) -> None:
+    raise WireError("choco_off", f"a {message.kind} message, but this node runs plain gossip")

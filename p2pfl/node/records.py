@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # the records stay importable without torch (the rehearsal's 
 class NodeConfig:
     """How one node runs its rounds.
 
-    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness``, ``staleness_grace`` and ``compress``
-    are the settings of :mod:`p2pfl.settings` (same defaults and checks as in node.toml).
+    ``name``, ``rounds``, ``round_timeout``, ``mode``, ``staleness``, ``staleness_grace``, ``compress``
+    and ``gossip`` are the settings of :mod:`p2pfl.settings` (same defaults and checks as in node.toml).
 
     Attributes:
         name: this node's name; peers know it by this and it is the header's sender.
@@ -40,6 +40,8 @@ class NodeConfig:
         staleness_grace: async mode: clock ticks of lag that are not discounted.
         compress: the codec model messages travel with (``""`` = none; see
             :mod:`p2pfl.wire.codecs`); models compressed otherwise are refused.
+        gossip: ``"plain"`` (average the neighbours' models) or ``"choco[:GAMMA]"``
+            (CHOCO-SGD, see :mod:`p2pfl.node.gossip_choco`); every member the same.
     """
 
     name: str = setting("name", required=True)
@@ -52,6 +54,7 @@ class NodeConfig:
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
     compress: str = setting("compress")
+    gossip: str = setting("gossip")
 
     def __post_init__(self) -> None:
         validate(self)

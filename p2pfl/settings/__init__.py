@@ -35,18 +35,20 @@ from p2pfl.settings.values import (
     compress_problem,
     discovery_problem,
     endpoint_problem,
+    gossip_problem,
     learner_args_problem,
     learner_problem,
     metrics_problem,
     name_problem,
+    parse_gossip,
     parse_start,
     split_names,
     start_problem,
 )
 
 __all__ = [
-    "DP_MODES", "LEARNER", "METRICS", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_start", "setting",
-    "setting_of", "split_names", "validate",
+    "DP_MODES", "LEARNER", "METRICS", "MODES", "SETTINGS", "TRANSPORTS", "Setting", "describe", "parse_gossip",
+    "parse_start", "setting", "setting_of", "split_names", "validate",
 ]
 
 _METADATA = "p2pfl.setting"
@@ -251,8 +253,11 @@ _ALL = [
     _S("clip", float, 1.0, "with dp: L2 bound of per-sample gradients (sample) or round updates (update)", gt=0),
     _S("delta", float, 1e-5, "with dp: delta of the reported (epsilon, delta)", gt=0, lt=1),
     _S("compress", str, "", "compress models on the wire with error feedback: fp16, bf16, int8[:CHUNK] "
-       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F (meant for CHOCO, "
-       "coming); every member must use the same", check=compress_problem, shown="off"),
+       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F (meant for "
+       "gossip = choco); every member must use the same", check=compress_problem, shown="off"),
+    _S("gossip", str, "plain", "plain (average the neighbours' models) or choco[:GAMMA] (CHOCO-SGD: send compressed "
+       "differences to public copies, consensus step GAMMA in (0, 1], default 0.5; static topology, aggregator "
+       "mean, no secure aggregation); every member must use the same", check=gossip_problem),
     _S("secure_aggregation", bool, False, "secure aggregation: each node learns only the weighted sum of its "
        "neighbours' models (pairwise masks; needs >= 3 neighbours per node, mode sync, aggregator mean)"),
     # one organisation's node

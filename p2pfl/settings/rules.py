@@ -104,3 +104,20 @@ def _secure_aggregation(v: Mapping[str, Any]) -> None:
         raise ConfigError(
             "secure_aggregation", "derives its pairwise masks from the Curve key pair: give secret_key, not --insecure"
         )
+
+
+@_rule("gossip")
+def _choco(v: Mapping[str, Any]) -> None:
+    """What CHOCO gossip needs, of the keys this config has."""
+    if not v["gossip"].startswith("choco"):
+        return
+    if v.get("secure_aggregation"):
+        raise ConfigError("gossip", "choco does not compose with secure aggregation (it needs each neighbour's "
+                          "difference): use gossip = \"plain\" or turn secure_aggregation off")
+    if v.get("aggregator", "mean") != "mean":
+        raise ConfigError("gossip", f"choco keeps public copies and takes a consensus step, not aggregator "
+                          f"{v['aggregator']!r}: use aggregator = \"mean\" or gossip = \"plain\"")
+    if v.get("fanout"):
+        raise ConfigError("gossip", "choco keeps a public copy per neighbour: it needs a static topology (fanout = 0)")
+    if v.get("attack"):
+        raise ConfigError("gossip", "attack simulations are not supported with choco: use gossip = \"plain\"")

@@ -40,6 +40,7 @@ class ExperimentConfig:
     staleness: float = setting("staleness")
     staleness_grace: int = setting("staleness_grace")
     compress: str = setting("compress")
+    gossip: str = setting("gossip")
     slow_nodes: int = setting("slow_nodes")
     slowdown: float = setting("slowdown")
     step_seconds: float = setting("step_seconds")

@@ -303,6 +303,7 @@ def _summary(
         "attackers": list(experiment.attackers),
         "mode": config.mode,
         "compress": config.compress,  # the codec models travelled with ("" = none)
+        "gossip": config.gossip,  # the gossip algorithm: plain or choco[:GAMMA]
         "slow_nodes": list(experiment.slow),
         "samples_dealt": experiment.samples_dealt,  # > 1: too few samples, nodes share them
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,

@@ -42,6 +42,11 @@ class Kind(StrEnum):
     SECAGG_ENDORSEMENT = "secagg-endorsement"
     #: secure aggregation: a reveal when nobody dropped: self-mask shares only
     REVEAL_SHARES = "reveal-shares"
+    #: CHOCO gossip (p2pfl.node.gossip_choco): no tensors: "send me your full public copy"
+    CHOCO_RESYNC = "choco-resync"
+    #: CHOCO gossip: a sender's full public copy, uncompressed, with the sequence number of
+    #: the next difference (``meta.choco``)
+    CHOCO_STATE = "choco-state"
 
 
 #: Secure aggregation's control kinds: exchanges without it refuse them.
@@ -53,7 +58,9 @@ SECAGG_CONTROL_KINDS = frozenset({
 KINDS = frozenset(Kind)
 #: Kinds that carry tensors: checked against the local model's schema, or against the
 #: per-kind schema given to :func:`~p2pfl.wire.decode` (the masked kinds); all others carry none.
-TENSOR_KINDS = frozenset({Kind.MODEL, Kind.SYNC, Kind.MASKED_MODEL, Kind.REVEAL})
+TENSOR_KINDS = frozenset({Kind.MODEL, Kind.SYNC, Kind.MASKED_MODEL, Kind.REVEAL, Kind.CHOCO_STATE})
+#: CHOCO gossip's control kinds: the other exchanges refuse them.
+CHOCO_CONTROL_KINDS = frozenset({Kind.CHOCO_RESYNC, Kind.CHOCO_STATE})
 
 #: wire string -> member, for decoding (one dict lookup validates and converts)
 KIND_OF: dict[str, Kind] = {kind.value: kind for kind in Kind}

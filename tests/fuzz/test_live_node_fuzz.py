@@ -53,7 +53,8 @@ async def test_a_compressing_node_survives_hostile_codec_traffic(compress: str, 
     """Every codec: spoiled parts (bad, repeated or unsorted indices, counts beyond the
     schema, NaN or negative scales, -128, truncated frames, bad seeds, other codecs) are
     each refused and counted, nothing crashes, and the honest compressed models flow."""
-    report = await attack(600, seed=SEED, rounds=4, timeout=120.0, compress=compress)
+    # 900: the codec attack is 1 kind in 16, and randk has 1 spoil in 12 its decoder checks
+    report = await attack(900, seed=SEED, rounds=4, timeout=120.0, compress=compress)
     summary = report.as_dict()
     failures = check(report, rss_bound_mb=RSS_BOUND_MB, tolerated_crash=known_bugs.tolerates)
     assert not failures, f"{failures}\n{summary}"

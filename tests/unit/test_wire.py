@@ -222,7 +222,7 @@ def test_a_table_in_another_order_than_the_models_is_accepted():
 def test_kinds_are_an_enum_whose_members_are_their_wire_strings() -> None:
     assert {kind.value for kind in wire.Kind} == {
         "model", "masked-model", "hello", "bye", "sync-request", "sync", "reveal-request", "reveal",
-        "secagg-key", "secagg-keys", "secagg-set", "secagg-endorsement", "reveal-shares",
+        "secagg-key", "secagg-keys", "secagg-set", "secagg-endorsement", "reveal-shares", "choco-resync", "choco-state",
     }
     assert wire.Kind.SYNC_REQUEST == "sync-request" and "model" in wire.KINDS
     tensors = {"w": np.arange(3, dtype=np.float32)}
