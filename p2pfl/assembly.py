@@ -99,6 +99,8 @@ class NodeSettings(Protocol):
     def compress(self) -> str: ...
     @property
     def gossip(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
 
 
 def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> NodeConfig:
@@ -107,7 +109,7 @@ def node_config(settings: NodeSettings, name: str, start_round: int = 0) -> Node
         name=name, rounds=settings.rounds, round_timeout=settings.round_timeout,
         start_round=start_round, mode=settings.mode, staleness=settings.staleness,
         staleness_grace=settings.staleness_grace, compress=settings.compress,
-        gossip=settings.gossip,
+        gossip=settings.gossip, seed=settings.seed,
     )
 
 

@@ -57,9 +57,10 @@ class ErrorFeedback:
         self._residual.pop(key, None)
 
 
-def node_seed(name: str) -> int:
-    """A node's codec seed: stable across runs and machines (not Python's salted hash)."""
-    return zlib.crc32(name.encode())
+def node_seed(name: str, seed: int = 0) -> int:
+    """A node's codec seed from the run's seed and its name: stable across runs and
+    machines (not Python's salted hash), apart between nodes and between run seeds."""
+    return (seed << 32) | zlib.crc32(name.encode())
 
 
 def encode_model(

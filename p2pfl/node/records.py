@@ -42,6 +42,8 @@ class NodeConfig:
             :mod:`p2pfl.wire.codecs`); models compressed otherwise are refused.
         gossip: ``"plain"`` (average the neighbours' models) or ``"choco[:GAMMA]"``
             (CHOCO-SGD, see :mod:`p2pfl.node.gossip_choco`); every member the same.
+        seed: the run's seed; with the name it seeds the codec's randomness (int8's
+            rounding, randk's masks), so another seed draws other masks.
     """
 
     name: str = setting("name", required=True)
@@ -55,6 +57,7 @@ class NodeConfig:
     staleness_grace: int = setting("staleness_grace")
     compress: str = setting("compress")
     gossip: str = setting("gossip")
+    seed: int = setting("seed")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -9,7 +9,7 @@ import pytest
 
 from p2pfl import wire
 from p2pfl.errors import ConfigError, WireError
-from p2pfl.node.compression import ErrorFeedback, encode_model
+from p2pfl.node.compression import ErrorFeedback, encode_model, node_seed
 from p2pfl.node.records import NodeConfig, limits_for
 from p2pfl.settings import SETTINGS
 from p2pfl.wire.codecs import SEED_META, randk_indices
@@ -246,3 +246,17 @@ def test_report_titles_name_the_codec() -> None:
     base = {"nodes": 16, "topology": "ring", "mode": "sync", "rounds": 40}
     assert run_title({**base, "compress": "int8"}, rows) == "ring, 16 nodes, sync, 40 rounds, compress int8"
     assert run_title({**base, "compress": ""}, rows) == "ring, 16 nodes, sync, 40 rounds"
+
+
+def test_codec_seed_follows_the_run_seed_and_the_node() -> None:
+    """Another run seed draws other randk masks; the same seed and name draw the same."""
+    tensors = {"w": np.arange(1000, dtype=np.float32)}
+
+    def mask(name: str, seed: int) -> np.ndarray:
+        sent = ErrorFeedback(wire.parse_codec("randk:0.01"), node_seed(name, seed)).encode(tensors).sent["w"]
+        return np.flatnonzero(sent)
+
+    assert np.array_equal(mask("a", 0), mask("a", 0))
+    assert not np.array_equal(mask("a", 0), mask("a", 1))
+    assert not np.array_equal(mask("a", 0), mask("b", 0))
+    assert node_seed("a") == node_seed("a", 0)  # seed 0 keeps the masks runs had before
