@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,14 +113,17 @@ def _run(
         raise ConfigError("cluster", f"could not place {len(shards)} shards of {bundle} in {PLACEMENT_SECONDS:.0f} s")
     shard_of = {name: i for i, shard in enumerate(shards) for name in shard}
     remote = ray.remote(ShardActor)
+    run_id = uuid.uuid4().hex[:8]
     actors = [
         remote.options(
+            name=f"p2pfl-{run_id}-shard-{i}",  # for `ray list actors`, and for a test that kills one
             num_cpus=1, num_gpus=gpus, max_concurrency=4,  # poll blocks; peers_down must get through
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
         ).remote(config, i, shard_of)
         for i in range(len(shards))
     ]
-    log.info("%d nodes in %d shards of up to %d on %d CPUs", len(shard_of), len(shards), len(shards[0]), cpus)
+    log.info("run %s: %d nodes in %d shards of up to %d on %d CPUs", run_id, len(shard_of), len(shards),
+             len(shards[0]), cpus)
     recorder = MetricsRecorder(experiment.names, Path(config.out) if config.out else None, progress)
     started = time.perf_counter()
     try:
@@ -168,7 +172,9 @@ def _follow(
             continue
         for kind, *what in events:
             if kind == "round":
-                recorder.on_round_end(*what)
+                metrics, weights = what
+                # Ray hands numpy arrays as read-only views of its object store: own copies
+                recorder.on_round_end(metrics, {key: value.copy() for key, value in weights.items()})
             elif kind == "down":
                 recorder.node_down(*what)
         if done is None:
