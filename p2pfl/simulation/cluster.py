@@ -130,6 +130,10 @@ def _run(
         endpoints: dict[str, str] = {}
         for part in ray.get([actor.endpoints.remote() for actor in actors]):
             endpoints.update(part)
+        # the wall time counts from here, as a one-process run's does from its first node:
+        # starting the actors and building their learners is set-up
+        log.info("run %s: shards bound in %.1f s", run_id, time.perf_counter() - started)
+        started = time.perf_counter()
         ray.get([actor.start.remote(endpoints) for actor in actors])
         reports, lost = _follow(ray, actors, shards, recorder)
     finally:
