@@ -16,6 +16,7 @@ from p2pfl import ExperimentConfig, simulate
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from p2pfl.cli.main import main  # noqa: E402
 from p2pfl.simulation.cluster import run_cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -42,17 +43,21 @@ def _accuracies(rows):
     return {(row["node"], row["round"]): row["test_accuracy"] for row in rows}
 
 
-async def test_two_shards_give_the_one_process_accuracies_and_outputs(two_ray_nodes, tmp_path):
-    settings = dict(nodes=6, topology="ring", rounds=2, seed=3)
-    one = await simulate(ExperimentConfig(**settings))
-    # ring 0..5 in shards {0,1,2} and {3,4,5}: links 2-3 and 5-0 cross over tcp, the rest inproc
-    sharded = run_cluster(ExperimentConfig(**settings, cluster="auto", shard_size=3, out=str(tmp_path)))
-    assert _accuracies(sharded.rows) == _accuracies(one.rows)  # exactly: same seed, same bits
-    assert sharded.summary["bytes_sent_total"] == one.summary["bytes_sent_total"]
-    assert sharded.summary["failed_nodes"] == []
-    assert sharded.summary["rounds_completed"] == 2
-    assert json.loads((tmp_path / "summary.json").read_text())["mean_accuracy"] == one.summary["mean_accuracy"]
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 12
+async def test_two_shards_give_the_one_process_accuracies_and_outputs(two_ray_nodes, tmp_path, capsys):
+    one = await simulate(ExperimentConfig(nodes=6, topology="ring", rounds=2, seed=3))
+    # through the command (it joins the Ray session this process has): ring 0..5 in shards
+    # {0,1,2} and {3,4,5}, links 2-3 and 5-0 cross over tcp, the rest stay inproc
+    argv = ["simulate", "--cluster", "auto", "--shard-size", "3", "--nodes", "6", "--topology", "ring",
+            "--rounds", "2", "--seed", "3", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    assert "6 nodes, 2 rounds" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _accuracies(rows) == _accuracies(one.rows)  # exactly: same seed, same bits
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mean_accuracy"] == one.summary["mean_accuracy"]
+    assert summary["bytes_sent_total"] == one.summary["bytes_sent_total"]
+    assert summary["failed_nodes"] == [] and summary["rounds_completed"] == 2
+    assert summary["config"]["cluster"] == "auto"
     assert (tmp_path / "models" / "average.pt").exists()
 
 
