@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
+from p2pfl.node.records import NodeStats, RoundMetrics
 from p2pfl.simulation.churn import parse_outages
 from p2pfl.simulation.cluster_shard import NodeReport, ShardActor
 from p2pfl.simulation.config import ExperimentConfig
@@ -125,6 +126,8 @@ def _run(
     log.info("run %s: %d nodes in %d shards of up to %d on %d CPUs", run_id, len(shard_of), len(shards),
              len(shards[0]), cpus)
     recorder = MetricsRecorder(experiment.names, Path(config.out) if config.out else None, progress)
+    follower = _Follower(ray, actors, shards, recorder)
+    crashed = [name for name, outage in parse_outages(config.fail, config.recover).items() if outage.recover_round is None]
     started = time.perf_counter()
     try:
         endpoints: dict[str, str] = {}
@@ -135,57 +138,77 @@ def _run(
         log.info("run %s: shards bound in %.1f s", run_id, time.perf_counter() - started)
         started = time.perf_counter()
         ray.get([actor.start.remote(endpoints) for actor in actors])
-        reports, lost = _follow(ray, actors, shards, recorder)
+        reports = follower.follow()
+    except KeyboardInterrupt:  # Ctrl-C: keep what the run did, as a one-process run does
+        recorder.close()
+        failed = [name for name in experiment.names if name in crashed or name in follower.lost]
+        keep_results(config, experiment, recorder, follower.partial(), failed, time.perf_counter() - started,
+                     interrupted=True)
+        raise
     finally:
         recorder.close()
         for actor in actors:
             ray.kill(actor)
         remove_placement_group(group)
-    crashed = [name for name, outage in parse_outages(config.fail, config.recover).items() if outage.recover_round is None]
-    failed = [name for name in experiment.names if name in crashed or name in lost]
+    failed = [name for name in experiment.names if name in crashed or name in follower.lost]
     return keep_results(config, experiment, recorder, reports, failed, time.perf_counter() - started, interrupted=False)
 
 
-def _follow(
-    ray: Any, actors: list[Any], shards: list[list[str]], recorder: MetricsRecorder
-) -> tuple[list[NodeReport], set[str]]:
-    """Feed the shards' reports to ``recorder`` until every shard is done or dead.
+class _Follower:
+    """Feeds the shards' reports to the driver's recorder until every shard is done or dead."""
 
-    Returns the node reports of the shards that finished and the nodes of those that died.
-    """
-    from ray.exceptions import RayActorError
+    def __init__(self, ray: Any, actors: list[Any], shards: list[list[str]], recorder: MetricsRecorder) -> None:
+        self._ray = ray
+        self._actors = actors
+        self._shards = shards
+        self._recorder = recorder
+        self.lost: set[str] = set()  # the nodes of the shards that died
+        self._histories: dict[str, list[RoundMetrics]] = {name: [] for shard in shards for name in shard}
 
-    pending = {actor.poll.remote(): i for i, actor in enumerate(actors)}
-    reports: list[NodeReport] = []
-    lost: set[str] = set()
-    while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        i = pending.pop(ref)
-        try:
-            events, done = ray.get(ref)
-        except RayActorError as exc:  # the actor's process or machine is gone
-            log.error(
-                "shard %d (nodes %s) died: its nodes count as crashed and the run goes on (%s)",
-                i, ", ".join(shards[i]), str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            )
-            lost.update(shards[i])
-            for name in shards[i]:
-                recorder.node_down(name)
-            for j in pending.values():
-                actors[j].peers_down.remote(shards[i])
-            continue
-        for kind, *what in events:
-            if kind == "round":
-                metrics, weights = what
-                # Ray hands numpy arrays as read-only views of its object store: own copies
-                recorder.on_round_end(metrics, {key: value.copy() for key, value in weights.items()})
-            elif kind == "down":
-                recorder.node_down(*what)
-        if done is None:
-            pending[actors[i].poll.remote()] = i
-        else:
-            reports.extend(done)
-    return reports, lost
+    def follow(self) -> list[NodeReport]:
+        """The node reports of the shards that finished."""
+        from ray.exceptions import RayActorError
+
+        ray, actors = self._ray, self._actors
+        pending = {actor.poll.remote(): i for i, actor in enumerate(actors)}
+        reports: list[NodeReport] = []
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            try:
+                events, done = ray.get(ref)
+            except RayActorError as exc:  # the actor's process or machine is gone
+                self._shard_died(i, exc, [actors[j] for j in pending.values()])
+                continue
+            for kind, *what in events:
+                if kind == "round":
+                    metrics, weights = what
+                    self._histories[metrics.node].append(metrics)
+                    # Ray hands numpy arrays as read-only views of its object store: own copies
+                    self._recorder.on_round_end(metrics, {key: value.copy() for key, value in weights.items()})
+                elif kind == "down":
+                    self._recorder.node_down(*what)
+            if done is None:
+                pending[actors[i].poll.remote()] = i
+            else:
+                reports.extend(done)
+        return reports
+
+    def partial(self) -> list[NodeReport]:
+        """The nodes as far as their round reports tell (an interrupted run: no counters)."""
+        return [NodeReport(name, NodeStats(), history) for name, history in self._histories.items()]
+
+    def _shard_died(self, index: int, exc: Exception, others: list[Any]) -> None:
+        names = self._shards[index]
+        log.error(
+            "shard %d (nodes %s) died: its nodes count as crashed and the run goes on (%s)",
+            index, ", ".join(names), str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+        self.lost.update(names)
+        for name in names:
+            self._recorder.node_down(name)
+        for actor in others:  # their nodes stop waiting for these at once
+            actor.peers_down.remote(names)
 
 
 def _gpu_share(config: ExperimentConfig, gpus: float, shards: int) -> float:

@@ -82,3 +82,17 @@ def test_a_killed_shard_is_a_crash_of_its_nodes_and_the_run_goes_on(two_ray_node
     assert result.summary["rounds_completed"] == 5
     assert {row["node"] for row in result.rows if row["round"] == 4} == {"0", "1", "2"}
     assert "shard 1 (nodes 3, 4, 5) died" in caplog.text
+
+
+def test_an_interrupted_cluster_run_keeps_its_metrics_and_says_so(two_ray_nodes, tmp_path):
+    def interrupt(summary):
+        if summary.round == 1:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+
+    config = ExperimentConfig(nodes=4, topology="ring", rounds=6, cluster="auto", shard_size=2, out=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run_cluster(config, progress=interrupt)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["rounds_completed"] >= 2
+    assert summary["mean_accuracy"] is not None
