@@ -39,7 +39,7 @@ def main() -> None:
     ray = import_ray()
     started = time.perf_counter()
     if args.cluster == "ray":  # started here, small: only metrics go through Ray
-        ray.init(num_cpus=args.shards, include_dashboard=False, object_store_memory=100 * 2**20,
+        ray.init(address="local", num_cpus=args.shards, include_dashboard=False, object_store_memory=100 * 2**20,
                  configure_logging=False)
     else:
         ray.init(address=args.cluster, configure_logging=False)

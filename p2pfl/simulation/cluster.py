@@ -73,16 +73,27 @@ def run_cluster(
     experiment = experiment or build_experiment(config)
     joined = not ray.is_initialized()
     if joined:
-        if config.cluster == "ray":
-            # metrics only travel through Ray: a small object store is plenty
-            ray.init(include_dashboard=False, object_store_memory=100 * 2**20, configure_logging=False)
-        else:
-            ray.init(address=config.cluster, configure_logging=False)
+        _connect(ray, config.cluster)
     try:
         return _run(ray, config, experiment, progress)
     finally:
         if joined:
             ray.shutdown()
+
+
+def _connect(ray: Any, cluster: str) -> None:
+    """Start a local Ray (``ray``) or join the cluster ``cluster`` names."""
+    try:
+        if cluster == "ray":
+            # "local": a new Ray of our own, even where a `ray start` cluster runs on this
+            # machine; metrics only travel through it, so a small object store is plenty
+            ray.init(address="local", include_dashboard=False, object_store_memory=100 * 2**20,
+                     configure_logging=False)
+        else:
+            ray.init(address=cluster, configure_logging=False)
+    except ConnectionError as exc:  # no cluster there: one line, not Ray's traceback
+        where = f"at {cluster}" if cluster != "auto" else "running on this machine (`ray start --head` starts one)"
+        raise ConfigError("cluster", f"no Ray cluster {where}: {exc}") from None
 
 
 def plan_shards(names: Sequence[str], shard_size: int, cpus: int) -> list[list[str]]:
@@ -111,7 +122,9 @@ def _run(
     ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_SECONDS)
     if not ready:
         remove_placement_group(group)
-        raise ConfigError("cluster", f"could not place {len(shards)} shards of {bundle} in {PLACEMENT_SECONDS:.0f} s")
+        raise ConfigError(
+            "cluster", f"could not place {len(shards)} shards of {bundle} in {PLACEMENT_SECONDS:.0f} s"
+        )
     shard_of = {name: i for i, shard in enumerate(shards) for name in shard}
     remote = ray.remote(ShardActor)
     run_id = uuid.uuid4().hex[:8]
@@ -127,7 +140,8 @@ def _run(
              len(shards[0]), cpus)
     recorder = MetricsRecorder(experiment.names, Path(config.out) if config.out else None, progress)
     follower = _Follower(ray, actors, shards, recorder)
-    crashed = [name for name, outage in parse_outages(config.fail, config.recover).items() if outage.recover_round is None]
+    outages = parse_outages(config.fail, config.recover)
+    crashed = [name for name, outage in outages.items() if outage.recover_round is None]
     started = time.perf_counter()
     try:
         endpoints: dict[str, str] = {}
@@ -151,7 +165,8 @@ def _run(
             ray.kill(actor)
         remove_placement_group(group)
     failed = [name for name in experiment.names if name in crashed or name in follower.lost]
-    return keep_results(config, experiment, recorder, reports, failed, time.perf_counter() - started, interrupted=False)
+    wall = time.perf_counter() - started
+    return keep_results(config, experiment, recorder, reports, failed, wall, interrupted=False)
 
 
 class _Follower:

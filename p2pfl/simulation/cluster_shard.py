@@ -206,7 +206,8 @@ class ShardActor:
                     for node in nodes if node.name in make_node.crossing
                 })
                 endpoints = await asyncio.wrap_future(self._peers)
-                endpoints.update({node.name: node.endpoint for node in nodes})  # type: ignore[misc]  # ours: cheapest
+                # our own nodes by their cheapest address (inproc), not the tcp one
+                endpoints.update({node.name: node.endpoint for node in nodes})  # type: ignore[misc]
                 for node in nodes:
                     make_node.link(node, endpoints)
                 with pinned_thread(cpu):

@@ -9,7 +9,7 @@ import pytest
 
 from p2pfl.cli.main import main
 from p2pfl.errors import ConfigError
-from p2pfl.simulation.cluster import RAY_MISSING, plan_shards
+from p2pfl.simulation.cluster import RAY_MISSING, plan_shards, run_cluster
 from p2pfl.simulation.config import ExperimentConfig
 
 
@@ -49,3 +49,18 @@ def test_importing_p2pfl_and_the_cluster_modules_imports_no_ray():
         "sys.exit('ray' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_no_cluster_to_join_is_one_line_naming_the_key(monkeypatch):
+    class NoCluster:  # a Ray that finds no cluster, as ray.init(address="auto") does then
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setitem(sys.modules, "ray", NoCluster)
+    with pytest.raises(ConfigError, match="cluster: no Ray cluster running on this machine"):
+        run_cluster(ExperimentConfig(cluster="auto"), experiment=object())  # type: ignore[arg-type]
