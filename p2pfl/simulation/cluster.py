@@ -106,7 +106,6 @@ def _run(
     ray: Any, config: ExperimentConfig, experiment: Experiment, progress: Callable[[RoundSummary], None] | None
 ) -> SimulationResult:
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     resources = ray.cluster_resources()
     cpus = int(resources.get("CPU", 1))
@@ -119,12 +118,24 @@ def _run(
     gpus = _gpu_share(config, resources.get("GPU", 0.0), len(shards))
     bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
     group = placement_group([bundle] * len(shards), strategy="SPREAD")  # over machines where it can
-    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_SECONDS)
-    if not ready:
+    try:
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_SECONDS)
+        if not ready:
+            raise ConfigError(
+                "cluster", f"could not place {len(shards)} shards of {bundle} in {PLACEMENT_SECONDS:.0f} s"
+            )
+        return _run_shards(ray, config, experiment, progress, shards, gpus, group)
+    finally:
         remove_placement_group(group)
-        raise ConfigError(
-            "cluster", f"could not place {len(shards)} shards of {bundle} in {PLACEMENT_SECONDS:.0f} s"
-        )
+
+
+def _run_shards(
+    ray: Any, config: ExperimentConfig, experiment: Experiment, progress: Callable[[RoundSummary], None] | None,
+    shards: list[list[str]], gpus: float, group: Any,
+) -> SimulationResult:
+    """One actor per shard in ``group``'s bundles; the run, followed from start to end."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     shard_of = {name: i for i, shard in enumerate(shards) for name in shard}
     remote = ray.remote(ShardActor)
     run_id = uuid.uuid4().hex[:8]
@@ -136,8 +147,7 @@ def _run(
         ).remote(config, i, shard_of)
         for i in range(len(shards))
     ]
-    log.info("run %s: %d nodes in %d shards of up to %d on %d CPUs", run_id, len(shard_of), len(shards),
-             len(shards[0]), cpus)
+    log.info("run %s: %d nodes in %d shards of up to %d", run_id, len(shard_of), len(shards), len(shards[0]))
     recorder = MetricsRecorder(experiment.names, Path(config.out) if config.out else None, progress)
     follower = _Follower(ray, actors, shards, recorder)
     outages = parse_outages(config.fail, config.recover)
@@ -163,7 +173,6 @@ def _run(
         recorder.close()
         for actor in actors:
             ray.kill(actor)
-        remove_placement_group(group)
     failed = [name for name in experiment.names if name in crashed or name in follower.lost]
     wall = time.perf_counter() - started
     return keep_results(config, experiment, recorder, reports, failed, wall, interrupted=False)
