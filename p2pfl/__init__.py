@@ -67,6 +67,7 @@ _LAZY = {
     "load_dataset": "p2pfl.data",
     "new_simulation_loop": "p2pfl.simulation.worker",
     "partition": "p2pfl.data",
+    "run_cluster": "p2pfl.simulation.cluster",
     "run_org_node": "p2pfl.deploy.runner",
     "run_reference": "p2pfl.simulation.reference",
     "run_simulation": "p2pfl.simulation.simulator",
@@ -112,6 +113,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from p2pfl.node.peers import StartCondition
     from p2pfl.privacy import DPSGD, DPSGDLearner, UpdateDP, UpdateDPLearner
     from p2pfl.security import AllowList, CurveSecurity, KeyPair, curve_authenticator, generate_keypair
+    from p2pfl.simulation.cluster import run_cluster
     from p2pfl.simulation.config import ExperimentConfig
     from p2pfl.simulation.reference import run_reference
     from p2pfl.simulation.setup import build_experiment

@@ -66,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from p2pfl.simulation.setup import build_experiment
     from p2pfl.simulation.simulator import run_simulation
 
+    runner = run_simulation
+    if config.cluster:  # the same result and outputs, the nodes sharded over Ray actors
+        from p2pfl.simulation.cluster import import_ray, run_cluster
+
+        import_ray()  # a missing Ray is one line, before anything is built
+        runner = run_cluster
+
     bar: _progress_bar | None = None
     started = False  # for the line printed on Ctrl-C: whether the run began, and how far it got
     rounds_done = 0
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         started = True
         bar = None if args.quiet else _progress_bar(config.rounds)
         try:
-            result = run_simulation(config, progress=closed, experiment=experiment)
+            result = runner(config, progress=closed, experiment=experiment)
         finally:
             if bar is not None:
                 bar.close()

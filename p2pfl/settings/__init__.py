@@ -32,6 +32,7 @@ from p2pfl.settings.values import (
     METRICS,
     MODES,
     TRANSPORTS,
+    cluster_problem,
     compress_problem,
     discovery_problem,
     endpoint_problem,
@@ -226,6 +227,11 @@ _ALL = [
     _S("transport", str, "inproc", "inproc, ipc or tcp (127.0.0.1, ephemeral ports)", choices=TRANSPORTS),
     _S("curve", bool, False, "CurveZMQ on every link (fresh keys per node, allow-list of all nodes)"),
     _S("pin_cpu", bool, True, "keep the event loop and the training worker on one core (with torch_threads = 1)"),
+    _S("cluster", str, "", "shard the nodes over Ray actors: ray (start Ray here), auto (join this machine's "
+       "Ray cluster) or ray://HOST:PORT (Ray client); needs pip install 'p2pfl-gossip[cluster]'",
+       check=cluster_problem, shown="off: one process"),
+    _S("shard_size", int, 0, "with cluster: nodes per shard (one Ray actor each)", ge=0,
+       note="0 = nodes / the cluster's CPUs"),
     _S("slow_nodes", int, 0, "number of slow nodes (chosen with the seed)", ge=0),
     _S("slowdown", float, 1.0, "how many times slower the slow nodes' steps are", ge=1),
     _S("step_seconds", float, 0.0, "emulated step time of a normal node, so nodes behave as if on their own "

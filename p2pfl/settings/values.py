@@ -157,3 +157,9 @@ def endpoint_problem(value: str) -> str | None:
     return None if "://" in value else f"{value!r} is not an endpoint like tcp://0.0.0.0:7002"
 
 
+
+
+def cluster_problem(value: str) -> str | None:
+    if value in ("", "ray", "auto") or (value.startswith("ray://") and value.rpartition(":")[2].isdigit()):
+        return None
+    return f"{value!r} is not a cluster: use ray (a local Ray), auto (this machine's Ray cluster) or ray://HOST:PORT"

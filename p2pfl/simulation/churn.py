@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from p2pfl.errors import ConfigError
 from p2pfl.node.peers import StartCondition
@@ -30,12 +30,20 @@ from p2pfl.node.peers import StartCondition
 if TYPE_CHECKING:  # torch stays unimported: the config validates churn items with this module
     from p2pfl.node.node import Node
     from p2pfl.simulation.config import ExperimentConfig
-    from p2pfl.simulation.recorder import MetricsRecorder
 
 log = logging.getLogger(__name__)
 
 #: Starts node ``name`` from round ``start_round`` on its endpoint, linked to its neighbours.
 Spawn = Callable[[str, int], Awaitable["Node"]]
+
+
+class ChurnObserver(Protocol):
+    """Who follows the rounds: a :class:`~p2pfl.simulation.recorder.MetricsRecorder`, or a
+    cluster shard's forwarder to the driver's."""
+
+    def node_down(self, name: str) -> None: ...
+    def node_up(self, name: str) -> None: ...
+    async def wait_for_round(self, round_: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Churn:
 
     def __init__(
         self, names: Sequence[str], outages: dict[str, Outage], joins: dict[str, int],
-        recorder: MetricsRecorder, round_timeout: float,
+        recorder: ChurnObserver, round_timeout: float,
     ) -> None:
         self.outages = outages
         self.joins = joins  # node -> the round after which it joins
@@ -68,7 +76,7 @@ class Churn:
         self.incarnations: dict[str, list[Node]] = {name: [] for name in names}
 
     @classmethod
-    def from_config(cls, config: ExperimentConfig, names: Sequence[str], recorder: MetricsRecorder) -> Churn:
+    def from_config(cls, config: ExperimentConfig, names: Sequence[str], recorder: ChurnObserver) -> Churn:
         """The churn ``config`` asks for, checked against the nodes and rounds."""
         outages = parse_outages(config.fail, config.recover)
         check_outages(outages, names, config.rounds)

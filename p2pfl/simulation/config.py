@@ -49,6 +49,8 @@ class ExperimentConfig:
     # Many simulated nodes share this machine's cores: one thread each, not torch's all.
     torch_threads: int = setting("torch_threads", default=1)
     pin_cpu: bool = setting("pin_cpu")
+    cluster: str = setting("cluster")
+    shard_size: int = setting("shard_size")
     aggregator: str = setting("aggregator")
     attack: str = setting("attack")
     attackers: int = setting("attackers")
@@ -75,6 +77,7 @@ class ExperimentConfig:
             parse_joins(self.join, parse_outages(self.fail, self.recover))
         self._check_mixing()
         self._check_device()
+        self._check_cluster()
         if self.aggregator != "mean":
             from p2pfl.aggregation import build_aggregator
 
@@ -92,6 +95,13 @@ class ExperimentConfig:
             resolve_mixing_method(self.mixing)
         except TopologyError as exc:
             raise ConfigError("mixing", str(exc)) from None
+
+    def _check_cluster(self) -> None:
+        # each of these needs state shared by all nodes (keys, the global round) that
+        # shards do not share yet
+        unsupported = [key for key in ("recover", "join", "curve", "secure_aggregation") if getattr(self, key)]
+        if self.cluster and unsupported:
+            raise ConfigError("cluster", f"{', '.join(unsupported)} cannot run on a cluster yet: run in one process")
 
     def _check_device(self) -> None:
         if self.device == "cpu":

@@ -13,10 +13,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -25,7 +25,7 @@ from p2pfl.assembly import build_node, plain_links, simulated_links, simulated_s
 from p2pfl.config import to_dict
 from p2pfl.learning.learner import Weights
 from p2pfl.node.node import Node
-from p2pfl.node.records import metrics_summary, summary_json
+from p2pfl.node.records import NodeStats, RoundMetrics, RoundObserver, metrics_summary, summary_json
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
@@ -146,9 +146,12 @@ async def _simulate(
         executor.shutdown(wait=True)
         context.term()
         if interrupted and churn is not None:
-            _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=True)
+            keep_results(config, experiment, recorder, churn.nodes, churn.failed, time.perf_counter() - started,
+                             interrupted=True)
     assert churn is not None  # set before the first await; the run would have raised otherwise
-    return _keep_results(config, experiment, recorder, churn, time.perf_counter() - started, interrupted=False)
+    return keep_results(
+        config, experiment, recorder, churn.nodes, churn.failed, time.perf_counter() - started, interrupted=False
+    )
 
 
 def _link_counts(config: ExperimentConfig, experiment: Experiment) -> list[int]:
@@ -170,22 +173,22 @@ def _model_bytes(experiment: Experiment) -> int:
     return sum(int(array.nbytes) for array in experiment.learners[0].get_weights().values())
 
 
-def _keep_results(
-    config: ExperimentConfig, experiment: Experiment, recorder: MetricsRecorder, churn: Churn, wall: float,
-    *, interrupted: bool,
+def keep_results(
+    config: ExperimentConfig, experiment: Experiment, recorder: MetricsRecorder, nodes: Sequence[NodeOutcome],
+    failed: list[str], wall: float, *, interrupted: bool,
 ) -> SimulationResult:
     """The run's result; with ``out``, its models (if ``save_models``) and then
     ``summary.json`` (written last: a run folder with a summary is complete)."""
     rejected: Counter[str] = Counter()
-    for node in churn.nodes:
+    for node in nodes:
         rejected.update(node.stats.rejected)
-    summary = _summary(config, experiment, recorder, churn.nodes, wall, rejected, churn.failed, interrupted)
+    summary = _summary(config, experiment, recorder, nodes, wall, rejected, failed, interrupted)
     if config.out:
         out_dir = Path(config.out)
         if config.save_models:
             final = {name: recorder.final_weights[name] for name in experiment.names if name in recorder.final_weights}
             # the average of the models that count: not the crashed nodes', not the attackers'
-            kept = [name for name in final if name not in churn.failed and name not in experiment.attackers]
+            kept = [name for name in final if name not in failed and name not in experiment.attackers]
             save_models(out_dir, final, kept)
         (out_dir / SUMMARY_FILE).write_text(summary_json(summary))
     return SimulationResult(summary, recorder.rounds, recorder.rows, recorder.final_weights, rejected)
@@ -196,7 +199,7 @@ class _NodeFactory:
 
     def __init__(
         self, config: ExperimentConfig, experiment: Experiment, context: zmq.Context,
-        executor: PhasedWorker, recorder: MetricsRecorder,
+        executor: PhasedWorker, recorder: RoundObserver,
     ) -> None:
         self.config = config
         self.experiment = experiment
@@ -208,14 +211,17 @@ class _NodeFactory:
         self.aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
         self.learner_of = dict(zip(experiment.names, experiment.learners, strict=True))
 
-    def __call__(self, name: str, endpoint: str, start_round: int = 0) -> Node:
+    def __call__(self, name: str, endpoint: str, start_round: int = 0, **hooks: Any) -> Node:
         return build_node(
-            self.config, name, self.learner_of[name], self.experiment.schedule,
-            ZmqTransport(self.context, endpoint, security=self.links.security_for(name)),
+            self.config, name, self.learner_of[name], self.experiment.schedule, self.transport(name, endpoint),
             start_round=start_round, aggregator=self.aggregator,
             secure=self.secure_for(name) if self.secure_for is not None else None,
-            executor=self._executor_for(name), observer=self.recorder,
+            executor=self._executor_for(name), observer=self.recorder, **hooks,
         )
+
+    def transport(self, name: str, endpoint: str) -> ZmqTransport:
+        """The sockets of node ``name``, listening at ``endpoint`` (a cluster shard adds a second)."""
+        return ZmqTransport(self.context, endpoint, security=self.links.security_for(name))
 
     def link(self, node: Node, endpoints: Mapping[str, str], absent: Collection[str] = ()) -> None:
         """Tell ``node`` where its neighbours listen; ``absent`` ones are not waited for
@@ -272,11 +278,19 @@ def _endpoints(transport: str) -> Any:
         yield lambda i: "tcp://127.0.0.1:0"
 
 
+class NodeOutcome(Protocol):
+    """What a summary reads of a node: a :class:`Node`, or its report from a cluster shard."""
+
+    name: str
+    stats: NodeStats
+    history: list[RoundMetrics]
+
+
 def _summary(
     config: ExperimentConfig,
     experiment: Experiment,
     recorder: MetricsRecorder,
-    nodes: list[Node],
+    nodes: Sequence[NodeOutcome],
     wall: float,
     rejected: Counter[str],
     failed: list[str],
@@ -324,7 +338,7 @@ def _summary(
     }
 
 
-def _rounds_completed(nodes: list[Node], alive: list[str]) -> int:
+def _rounds_completed(nodes: Sequence[NodeOutcome], alive: list[str]) -> int:
     """The last round every node alive at the end finished: a node back from a crash
     skips rounds, and one that crashed for good would pin the count at its crash."""
     done: dict[str, int] = dict.fromkeys(alive, 0)

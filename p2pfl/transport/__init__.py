@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from p2pfl.errors import TransportError
+from p2pfl.transport.binding import bind_router as _bind
 from p2pfl.transport.monitor import ConnectionWatch, HandshakeWatch
 from p2pfl.transport.options import (
     CURVE_FRAME_OVERHEAD,
@@ -70,8 +70,6 @@ ZERO_COPY_BYTES = 64 * 1024
 RECEIVE_BATCH = 64
 RECEIVE_BATCH_SECONDS = 0.005
 
-
-
 _DEFAULT_OPTIONS = TransportOptions()
 
 __all__ = [
@@ -91,6 +89,8 @@ class ZmqTransport:
         options: socket settings.
         security: link security (e.g. :class:`p2pfl.security.CurveSecurity`); ``None``
             sends in plain text and accepts any connection.
+        also_bind: a second endpoint for the same socket (a cluster shard's node: inproc
+            for its shard, tcp for the others); its real address is :attr:`also_endpoint`.
     """
 
     def __init__(
@@ -99,6 +99,7 @@ class ZmqTransport:
         bind: str,
         options: TransportOptions = _DEFAULT_OPTIONS,
         security: LinkSecurity | None = None,
+        also_bind: str | None = None,
     ) -> None:
         # one underlying context either way; we only use the plain socket API on it. The
         # shadow does not own the context: keep the caller's alive, or a context made
@@ -123,6 +124,8 @@ class ZmqTransport:
         #: incoming connections dropped before their handshake, by reason
         self.rejected_connections: Counter[str] = Counter()
         self.endpoint: str | None = None
+        self._also_bind = also_bind
+        self.also_endpoint: str | None = None
 
     def limit_message_size(self, nbytes: int) -> None:
         """Drop any incoming connection that sends a frame over ``nbytes``.
@@ -167,20 +170,13 @@ class ZmqTransport:
             except BaseException:
                 router.close(linger=0)
                 raise
-        try:
-            router.bind(_wildcard_port(self._bind))
-        except zmq.ZMQError as exc:
-            router.close(linger=0)
-            if exc.errno == zmq.EADDRINUSE:
-                raise TransportError(
-                    f"cannot listen on {self._bind}: the port is in use (is this member's node already running?)"
-                ) from None
-            # strerror alone: pyzmq's message repeats the address
-            raise TransportError(f"cannot listen on {self._bind}: {exc.strerror}") from exc
+        self.endpoint = _bind(router, self._bind)
+        if self._also_bind is not None:
+            self.also_endpoint = _bind(router, self._also_bind)
         self._router = router
-        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._loop = asyncio.get_running_loop()
-        if not self._bind.startswith("inproc://"):  # inproc has no wire: nothing to bound
+        wired = [e for e in (self._bind, self._also_bind) if e is not None and not e.startswith("inproc://")]
+        if wired:  # inproc has no wire: nothing to bound
             self._watch = ConnectionWatch(
                 router, self._loop, self._connection_dropped, self._options.handshake_ivl_ms / 1000
             )
@@ -383,14 +379,3 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_IVL, self._options.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._options.heartbeat_ivl_ms * 3)
         sock.setsockopt(zmq.HANDSHAKE_IVL, self._options.handshake_ivl_ms)
-
-
-def _wildcard_port(endpoint: str) -> str:
-    """Accept ``tcp://host:0`` for "any free port" (ZeroMQ spells it ``*``)."""
-    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
-        return endpoint[:-2] + ":*"
-    if endpoint.startswith("ipc://"):
-        directory = os.path.dirname(endpoint[len("ipc://"):])
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-    return endpoint
