@@ -205,6 +205,9 @@ class TorchLearner:
                     total += loss.item()
                     counted += 1
                 steps += 1
+            # the gradients are remade by the next round's first step: holding them
+            # between rounds would keep a model-sized copy per node for nothing
+            self.optimizer.zero_grad(set_to_none=True)
         mean_loss = total / counted if counted else (math.nan if steps else 0.0)
         result = TrainResult(loss=mean_loss, steps=steps, samples=self.num_samples)
         if self.privacy is not None:

@@ -8,14 +8,13 @@ out of that round's average.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
 from p2pfl.node.compression import ErrorFeedback, encode_model
-from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.node.exchange import AggregateOnce, Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.wire import Kind, Message, ModelSchema
 
 
@@ -73,5 +72,5 @@ class SyncGossip:
             bytes_sent=sent,
             bytes_received=sum(msg.nbytes for msg in received.values()),
             seconds=time.perf_counter() - started,
-            aggregate=functools.partial(self._aggregator, link.name, trained.weights, tensors, plan.weights),
+            aggregate=AggregateOnce(self._aggregator, link.name, trained.weights, tensors, plan.weights),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from p2pfl.errors import WireError
@@ -75,7 +76,12 @@ class RoundInbox:
         wanted = set(expected)
         slot = self._by_round.setdefault(round, {})
         await self._arrived.until(lambda: {p for p in wanted if skip is None or not skip(p)} <= slot.keys(), timeout)
-        return {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+        taken = {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+        for sender, message in taken.items():
+            # the caller owns the models now: the slot keeps only who sent (a second
+            # message is still a duplicate), so they are freed once mixed
+            slot[sender] = dataclasses.replace(message, tensors={})
+        return taken
 
     def poke(self) -> None:
         """Make a waiting :meth:`collect` re-check (e.g. a peer was reported offline)."""
