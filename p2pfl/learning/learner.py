@@ -159,6 +159,7 @@ class TorchLearner:
         self.seed = seed
         self._rng_state = _seeded_rng_state(seed)
         self._shared = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        self._lent = False  # the parameters' storage is lent out (lend_weights)
         self._batches: Any = None  # live iterator, for local_steps that span epochs
         # what training runs through; weights are always read and written through
         # self.model, so a privacy wrapper (Opacus' GradSampleModule) keeps the wire names
@@ -188,6 +189,7 @@ class TorchLearner:
             return 0
 
     def train(self, round: int) -> TrainResult:
+        self._own_storage()
         if self.privacy is not None:
             self.privacy.before_round(self)
         with _private_rng(self):
@@ -261,11 +263,44 @@ class TorchLearner:
         state = self.model.state_dict()
         return {k: state[k].detach().to("cpu", copy=True).numpy() for k in self._shared}
 
+    def lend_weights(self) -> Weights:
+        """The shared tensors without a copy (read-only views of the parameters on CPU).
+
+        The learner never writes into lent memory: the next :meth:`set_weights`,
+        :meth:`train` or :meth:`load_state` first gives the parameters fresh storage. A
+        node sends what it lends while its parameters wait for the round's average, so a
+        snapshot costs no model copy.
+        """
+        if self.device.type != "cpu":
+            return self.get_weights()
+        state = self.model.state_dict()
+        lent: Weights = {}
+        for name in self._shared:
+            array = state[name].detach().numpy()
+            array.flags.writeable = False
+            lent[name] = array
+        self._lent = True
+        return lent
+
     @torch.no_grad()
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        state = self.model.state_dict()
+        state = self.model.state_dict(keep_vars=True)
         for name in self._shared:
-            state[name].copy_(torch.from_numpy(np.asarray(weights[name])))
+            source = torch.from_numpy(np.asarray(weights[name]))
+            tensor = state[name]
+            if self._lent:  # the old storage is someone's snapshot now: write into new storage
+                fresh = torch.empty_like(tensor.data)
+                fresh.copy_(source)
+                tensor.data = fresh
+            else:
+                tensor.data.copy_(source)
+        self._lent = False
+
+    def _own_storage(self) -> None:
+        """Before writing into the parameters in place: fresh storage if theirs is lent."""
+        if self._lent:
+            state = self.model.state_dict()
+            self.set_weights({name: state[name].numpy() for name in self._shared})
 
     def restart_optimizer(self) -> None:
         """Forget optimizer state (e.g. momentum) that belongs to a model we replaced."""
@@ -286,6 +321,7 @@ class TorchLearner:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (from this node's own checkpoint)."""
+        self._own_storage()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._rng_state = state["rng"].clone()
