@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 #: degree (2 on a ring) + 5, issue 14's bound, plus one: at this size what a node holds
 #: besides models (sockets, torch's workspace, ~15 MB) is most of a 17 MB model. Measured
-#: 6.8 (inproc) and 7.4 (tcp); the code before issue 14 held 10-14 models per node.
+#: 5.9 (inproc) and 7.1 (tcp); the code before issue 14 held 10-14 models per node.
 MAX_COPIES = 8.0
 
 _CHILD = """
