@@ -52,7 +52,10 @@ def mix(
     mixed: Weights = {}
     for name, tensor in own.items():
         acc = tensor * (weights[own_name] / total)  # a new array: ``own`` may be in flight
+        # each term goes through one scratch array (the same bits as ``acc += r * w``):
+        # a fresh temporary per peer and tensor cost a model-sized allocation each
+        scratch = np.empty_like(acc) if len(present) > 1 else acc
         for peer in present[1:]:
-            acc += received[peer][name] * (weights[peer] / total)
+            acc += np.multiply(received[peer][name], weights[peer] / total, out=scratch)
         mixed[name] = acc.astype(tensor.dtype, copy=False)
     return mixed

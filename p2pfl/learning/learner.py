@@ -19,10 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from p2pfl.learning.batches import ArrayBatches
 from p2pfl.learning.metrics import MetricFn, compute_metrics, resolve_metrics
 
 if TYPE_CHECKING:
     from p2pfl.learning.metrics import Metrics
+
+__all__ = ["ArrayBatches", "EvalResult", "Learner", "TorchLearner", "TrainResult", "TrainingPrivacy", "Weights"]
 
 Weights = dict[str, np.ndarray]
 
@@ -159,6 +162,7 @@ class TorchLearner:
         self.seed = seed
         self._rng_state = _seeded_rng_state(seed)
         self._shared = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        self._lent = False  # the parameters' storage is lent out (lend_weights)
         self._batches: Any = None  # live iterator, for local_steps that span epochs
         # what training runs through; weights are always read and written through
         # self.model, so a privacy wrapper (Opacus' GradSampleModule) keeps the wire names
@@ -188,6 +192,7 @@ class TorchLearner:
             return 0
 
     def train(self, round: int) -> TrainResult:
+        self._own_storage()
         if self.privacy is not None:
             self.privacy.before_round(self)
         with _private_rng(self):
@@ -205,6 +210,9 @@ class TorchLearner:
                     total += loss.item()
                     counted += 1
                 steps += 1
+            # the gradients are remade by the next round's first step: holding them
+            # between rounds would keep a model-sized copy per node for nothing
+            self.optimizer.zero_grad(set_to_none=True)
         mean_loss = total / counted if counted else (math.nan if steps else 0.0)
         result = TrainResult(loss=mean_loss, steps=steps, samples=self.num_samples)
         if self.privacy is not None:
@@ -258,11 +266,44 @@ class TorchLearner:
         state = self.model.state_dict()
         return {k: state[k].detach().to("cpu", copy=True).numpy() for k in self._shared}
 
+    def lend_weights(self) -> Weights:
+        """The shared tensors without a copy (read-only views of the parameters on CPU).
+
+        The learner never writes into lent memory: the next :meth:`set_weights`,
+        :meth:`train` or :meth:`load_state` first gives the parameters fresh storage. A
+        node sends what it lends while its parameters wait for the round's average, so a
+        snapshot costs no model copy.
+        """
+        if self.device.type != "cpu":
+            return self.get_weights()
+        state = self.model.state_dict()
+        lent: Weights = {}
+        for name in self._shared:
+            array = state[name].detach().numpy()
+            array.flags.writeable = False
+            lent[name] = array
+        self._lent = True
+        return lent
+
     @torch.no_grad()
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        state = self.model.state_dict()
+        state = self.model.state_dict(keep_vars=True)
         for name in self._shared:
-            state[name].copy_(torch.from_numpy(np.asarray(weights[name])))
+            source = torch.from_numpy(np.asarray(weights[name]))
+            tensor = state[name]
+            if self._lent:  # the old storage is someone's snapshot now: write into new storage
+                fresh = torch.empty_like(tensor.data)
+                fresh.copy_(source)
+                tensor.data = fresh
+            else:
+                tensor.data.copy_(source)
+        self._lent = False
+
+    def _own_storage(self) -> None:
+        """Before writing into the parameters in place: fresh storage if theirs is lent."""
+        if self._lent:
+            state = self.model.state_dict()
+            self.set_weights({name: state[name].numpy() for name in self._shared})
 
     def restart_optimizer(self) -> None:
         """Forget optimizer state (e.g. momentum) that belongs to a model we replaced."""
@@ -283,6 +324,7 @@ class TorchLearner:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` returned (from this node's own checkpoint)."""
+        self._own_storage()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._rng_state = state["rng"].clone()
@@ -305,44 +347,6 @@ class TorchLearner:
                 self._batches = iter(self.train_data)
                 batch = next(self._batches)
             yield batch
-
-
-class ArrayBatches:
-    """Mini-batches over in-memory tensors, reshuffled each epoch from a seeded generator.
-
-    A lighter stand-in for ``DataLoader(TensorDataset(...))``: slicing whole tensors avoids
-    per-sample Python work, which dominates training time for small models.
-    """
-
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0
-    ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        self.x, self.y = x, y
-        self.dataset = x  # len() of it is the sample count, as with a DataLoader
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def rng_state(self) -> torch.Tensor:
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self._generator.set_state(state)
-
-    def __iter__(self) -> Any:
-        n = len(self.x)
-        order = torch.randperm(n, generator=self._generator) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
-            else:
-                idx = order[start : start + self.batch_size]
-                yield self.x[idx], self.y[idx]
 
 
 def _probabilities(outputs: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from p2pfl.aggregation.base import Aggregator
-from p2pfl.errors import WireError
+from p2pfl.errors import NodeError, WireError
 from p2pfl.node.inbox import RoundInbox
 from p2pfl.topology.schedule import RoundPlan
 from p2pfl.wire import Kind, Message, ModelSchema
@@ -58,6 +60,32 @@ class Exchanged:
     #: the round's new model from the node's own and what arrived; runs in the worker
     #: thread (it is the heavy part), so it must not touch the event loop's state
     aggregate: Callable[[], Weights]
+
+
+class AggregateOnce:
+    """``aggregator(own_name, own, received, weights)`` as an :attr:`Exchanged.aggregate`
+    that forgets ``received`` once called: the neighbours' models (whole received frames
+    over tcp) are freed as soon as they are mixed, not when the round's records go.
+
+    Raises:
+        NodeError: called a second time.
+    """
+
+    def __init__(
+        self, aggregator: Aggregator, own_name: str, own: Weights,
+        received: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float],
+    ) -> None:
+        self._aggregator = aggregator
+        self._own_name = own_name
+        self._own = own
+        self._received: Mapping[str, Mapping[str, np.ndarray]] | None = received
+        self._weights = weights
+
+    def __call__(self) -> Weights:
+        received, self._received = self._received, None
+        if received is None:
+            raise NodeError(f"node {self._own_name}: a round's models are aggregated once")
+        return self._aggregator(self._own_name, self._own, received, self._weights)
 
 
 class Link(Protocol):

@@ -8,14 +8,15 @@ out of that round's average.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from p2pfl.aggregation.base import Aggregator
+from p2pfl.aggregation.base import Aggregator, mix
 from p2pfl.errors import WireError
+from p2pfl.learning.learner import Weights
 from p2pfl.node.compression import ErrorFeedback, encode_model
-from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.node.exchange import AggregateOnce, Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.node.folding import RunningMix
 from p2pfl.wire import Kind, Message, ModelSchema
 
 
@@ -64,8 +65,17 @@ class SyncGossip:
         )
         sent = link.send(plan.send_to, frames)
         self._sent = (round_, frames)
+        # the default mean is summed as the models arrive; other aggregators need them all
+        running = RunningMix(link.name, trained.weights, plan.weights) if self._aggregator is mix else None
+        if running is not None:
+            link.inbox.take(round_, running.add)
         received, missing = await link.collect(round_, plan, "averaging")
-        tensors = {peer: msg.tensors for peer, msg in received.items()}
+        aggregate: Callable[[], Weights] = (
+            running.result if running is not None else AggregateOnce(
+                self._aggregator, link.name, trained.weights, {p: m.tensors for p, m in received.items()},
+                plan.weights,
+            )
+        )
         return Exchanged(
             round=round_,
             received_from=tuple(received),
@@ -73,5 +83,5 @@ class SyncGossip:
             bytes_sent=sent,
             bytes_received=sum(msg.nbytes for msg in received.values()),
             seconds=time.perf_counter() - started,
-            aggregate=functools.partial(self._aggregator, link.name, trained.weights, tensors, plan.weights),
+            aggregate=aggregate,
         )

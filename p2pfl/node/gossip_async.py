@@ -18,7 +18,6 @@ ticks old, from a node back after a long outage, must not pull the others back.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
 from p2pfl.node.compression import ErrorFeedback, encode_model
-from p2pfl.node.exchange import Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
+from p2pfl.node.exchange import AggregateOnce, Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.wire import Kind, Message, ModelSchema
 
 #: Async models say so in their meta: a member configured with the other mode is told
@@ -194,5 +193,5 @@ class AsyncGossip:
             bytes_sent=sent,
             bytes_received=sum(msg.nbytes for msg in fresh.values()),
             seconds=time.perf_counter() - started,
-            aggregate=functools.partial(self._aggregator, link.name, trained.weights, tensors, merge.weights),
+            aggregate=AggregateOnce(self._aggregator, link.name, trained.weights, tensors, merge.weights),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from p2pfl.errors import WireError
@@ -22,6 +23,7 @@ class RoundInbox:
         self.current_round = 0
         self._by_round: dict[int, dict[str, Message]] = {}
         self._arrived = Arrivals()
+        self._taker: tuple[int, Callable[[Message], None]] | None = None  # see take()
 
     def offer(self, message: Message) -> None:
         """Store a message for its round.
@@ -41,6 +43,8 @@ class RoundInbox:
         if message.sender in slot:
             raise WireError("duplicate", f"second message from {message.sender} for round {message.round}")
         slot[message.sender] = message
+        if self._taker is not None and self._taker[0] == message.round:
+            self._hand_over(slot, message, self._taker[1])
         if message.round == self.current_round:
             self._arrived.notify()
 
@@ -51,6 +55,20 @@ class RoundInbox:
             del self._by_round[old]
         if self._by_round.get(round):
             self._arrived.notify()
+
+    def take(self, round: int, taker: Callable[[Message], None]) -> None:
+        """Hand ``taker`` every message of ``round``: those held now, then each as it is
+        accepted, until that round is collected. The inbox keeps only who sent (a second
+        message is still a duplicate): the taker owns the models."""
+        self._taker = (round, taker)
+        slot = self._by_round.get(round, {})
+        for message in list(slot.values()):
+            self._hand_over(slot, message, taker)
+
+    @staticmethod
+    def _hand_over(slot: dict[str, Message], message: Message, taker: Callable[[Message], None]) -> None:
+        taker(message)
+        slot[message.sender] = dataclasses.replace(message, tensors={})
 
     async def collect(
         self,
@@ -74,8 +92,19 @@ class RoundInbox:
         self.advance(round)
         wanted = set(expected)
         slot = self._by_round.setdefault(round, {})
-        await self._arrived.until(lambda: {p for p in wanted if skip is None or not skip(p)} <= slot.keys(), timeout)
-        return {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+        try:
+            await self._arrived.until(
+                lambda: {p for p in wanted if skip is None or not skip(p)} <= slot.keys(), timeout
+            )
+        finally:
+            if self._taker is not None and self._taker[0] == round:
+                self._taker = None
+        taken = {sender: slot[sender] for sender in sorted(wanted & slot.keys())}
+        for sender, message in taken.items():
+            # the caller owns the models now: the slot keeps only who sent (a second
+            # message is still a duplicate), so they are freed once mixed
+            slot[sender] = dataclasses.replace(message, tensors={})
+        return taken
 
     def poke(self) -> None:
         """Make a waiting :meth:`collect` re-check (e.g. a peer was reported offline)."""

@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from p2pfl.learning.learner import EvalResult, Learner, TrainResult, Weights
+from p2pfl.learning.learner import EvalResult, Learner, TorchLearner, TrainResult, Weights
 from p2pfl.node.exchange import Exchanged, Trained
 from p2pfl.node.mixing import all_finite
 from p2pfl.node.records import NodeStats, RoundMetrics
@@ -206,14 +206,23 @@ class RoundWorker:
         """A fresh snapshot: its frames may sit in a slow peer's queue while we train on.
         A NaN model is dropped for the one training started from."""
         started = time.perf_counter()
-        weights = self.learner.get_weights()
+        weights = self._weights_to_send()
         if not all_finite(weights):  # never send (or keep training) a NaN model
             self._non_finite(raw.round, f"local training (train loss {raw.result.loss})")
             self._replace_weights(raw.start)  # its momentum is NaN too
-            weights = self.learner.get_weights()
+            weights = self._weights_to_send()
         return Trained(raw.round, raw.result, weights, raw.seconds + time.perf_counter() - started)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _weights_to_send(self) -> Weights:
+        """A ``TorchLearner``'s weights lent without a copy, any other learner's snapshot.
+        Looked up on the class: a wrapper (an attacker, update DP) that forwards unknown
+        attributes to its learner must not have its own ``get_weights`` bypassed."""
+        learner = self.learner
+        if isinstance(learner, TorchLearner) and type(learner).get_weights is TorchLearner.get_weights:
+            return learner.lend_weights()
+        return learner.get_weights()
 
     def _replace_weights(self, weights: Weights) -> None:
         """Load weights that did not come from our own last step, and forget the

@@ -118,8 +118,13 @@ class MetricsRecorder:
         if metrics.round < self._next_round:  # closed while this node was down: a late row
             self._write([self._row(metrics, math.nan)])
             return
-        self._reports[metrics.node].append((metrics, weights))  # nodes hand over fresh arrays
+        reports = self._reports[metrics.node]
+        reports.append((metrics, weights))  # nodes hand over fresh arrays
         self._queued += 1
+        if reports[0][0].round <= self._next_round:
+            # the next close replaces this node's state before reading it: let its older
+            # model go now, not once every node has reported (a model copy per node)
+            self._state.pop(metrics.node, None)
         self._close_complete_rounds()
 
     def node_down(self, name: str) -> None:
