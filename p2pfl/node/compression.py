@@ -10,6 +10,8 @@ quantizers. Without a codec, messages are encoded exactly as before.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import zlib
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -61,6 +63,15 @@ def node_seed(name: str, seed: int = 0) -> int:
     """A node's codec seed from the run's seed and its name: stable across runs and
     machines (not Python's salted hash), apart between nodes and between run seeds."""
     return (seed << 32) | zlib.crc32(name.encode())
+
+
+async def encode_model_off_loop(feedback: ErrorFeedback | None, **fields: Any) -> Frames:
+    """:func:`encode_model`, compressing in a thread: a codec's passes over a large model
+    would stall every node that shares the event loop. Uncompressed, it only frames the
+    tensors (no copy), so it stays on the loop."""
+    if feedback is None:
+        return encode_model(None, **fields)
+    return await asyncio.to_thread(functools.partial(encode_model, feedback, **fields))
 
 
 def encode_model(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from p2pfl.aggregation.base import Aggregator, mix
 from p2pfl.errors import WireError
 from p2pfl.learning.learner import Weights
-from p2pfl.node.compression import ErrorFeedback, encode_model
+from p2pfl.node.compression import ErrorFeedback, encode_model_off_loop
 from p2pfl.node.exchange import AggregateOnce, Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.node.folding import RunningMix
 from p2pfl.wire import Kind, Message, ModelSchema
@@ -60,7 +60,7 @@ class SyncGossip:
         round_ = trained.round
         plan = link.plan(link.name, round_)
         started = time.perf_counter()
-        frames = encode_model(
+        frames = await encode_model_off_loop(
             self._feedback, sender=link.name, round=round_, samples=trained.result.samples, tensors=trained.weights,
         )
         sent = link.send(plan.send_to, frames)

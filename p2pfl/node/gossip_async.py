@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from p2pfl.aggregation.base import Aggregator
 from p2pfl.errors import WireError
-from p2pfl.node.compression import ErrorFeedback, encode_model
+from p2pfl.node.compression import ErrorFeedback, encode_model_off_loop
 from p2pfl.node.exchange import AggregateOnce, Exchanged, Frames, Handler, Link, Trained, refuse_secure_kinds
 from p2pfl.wire import Kind, Message, ModelSchema
 
@@ -174,7 +174,7 @@ class AsyncGossip:
         clock = trained.round
         started = time.perf_counter()
         plan = link.plan(link.name, clock)
-        frames = encode_model(
+        frames = await encode_model_off_loop(
             self._feedback, sender=link.name, round=clock, samples=trained.result.samples, tensors=trained.weights,
             meta=ASYNC_META,
         )

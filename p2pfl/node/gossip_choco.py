@@ -20,6 +20,7 @@ in order per sender.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Mapping
@@ -191,6 +192,11 @@ class ChocoGossip:
             return Encoded(parts=target, meta={}, sent=target)
         return self._codec.encode(target, self._rng)
 
+    def _next_copy(self, x: Weights, hat: dict[str, np.ndarray]) -> tuple[Encoded, dict[str, np.ndarray], int]:
+        encoded = self._encode(difference(x, hat))
+        own = advance(hat, encoded.sent)
+        return encoded, own, fingerprint(own)
+
     async def run(self, trained: Trained) -> Exchanged:
         link = self._link
         round_ = self._round = trained.round
@@ -198,9 +204,9 @@ class ChocoGossip:
         started = time.perf_counter()
         self._ask([peer for peer in self.copies.out_of_step() if peer in plan.weights])
         seq, hat, _ = self._own
-        encoded = self._encode(difference(trained.weights, hat))
-        own = advance(hat, encoded.sent)
-        crc = fingerprint(own)
+        # a difference, its compression and a checksum: passes over the whole model, so
+        # in a thread, not on the event loop every node of a simulation shares
+        encoded, own, crc = await asyncio.to_thread(self._next_copy, trained.weights, hat)
         meta: dict[str, Any] = {**self._async_meta, CHOCO_META: {"seq": seq, "crc": crc}, **encoded.meta}
         frames = wire.encode(kind=Kind.MODEL, sender=link.name, round=round_, samples=trained.result.samples,
                              tensors=encoded.parts, meta=meta)

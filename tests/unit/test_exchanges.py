@@ -4,6 +4,7 @@ no node and no sockets; aggregates are held to the closed-form weighted mean."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -214,6 +215,30 @@ async def test_compressed_async_gossip_keeps_its_meta() -> None:
     net.deliver = lambda peer, frames: sent.append([bytes(f) for f in frames])  # type: ignore[method-assign]
     await exchange.run(trained("a", models(seed=6), round_=3))
     assert sent and wire.decode(sent[0], schema=None).meta == {"async": True, "codec": "int8"}
+
+
+class ThreadNoting(ErrorFeedback):
+    """Error feedback that notes which thread compressed."""
+
+    threads: list[int]
+
+    def encode(self, tensors, key=None):  # type: ignore[no-untyped-def]
+        self.threads.append(threading.get_ident())
+        return super().encode(tensors, key)
+
+
+async def test_compression_runs_off_the_event_loop() -> None:
+    """A codec's passes over a large model must not stall the nodes sharing the loop."""
+    codec = wire.parse_codec("topk:0.1")
+    assert codec is not None
+    net = FakeNet(TableSchedule(seed=5), codec=codec)
+    feedback = ThreadNoting(codec, seed=0)
+    feedback.threads = []
+    sync = SyncGossip(FakeLink("a", net, round_timeout=0.01), mix, feedback)
+    asynchronous = AsyncGossip(FakeLink("a", net, round_timeout=3600.0), mix, staleness=0.5, grace=0, feedback=feedback)
+    await sync.run(trained("a", models()))
+    await asynchronous.run(trained("a", models(), round_=1))
+    assert len(feedback.threads) == 2 and threading.get_ident() not in feedback.threads
 
 
 # Secure aggregation's exchange is driven in tests/unit/test_secagg_protocol.py (honest
