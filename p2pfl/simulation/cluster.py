@@ -1,7 +1,7 @@
 """``p2pfl simulate --cluster ray|auto|ray://HOST:PORT``: one simulation sharded over Ray actors.
 
-The driver (this process) builds the experiment only to name the nodes and write the
-summary; it cuts the nodes into shards of ``shard_size``, places one
+The driver (this process) builds the experiment without learners, only to name the
+nodes and write the summary (:func:`driver_experiment`); it cuts the nodes into shards of ``shard_size``, places one
 :class:`~p2pfl.simulation.cluster_shard.ShardActor` per shard (a placement group, one
 CPU and a share of the GPUs each), lets every shard bind, hands each the others' tcp
 endpoints, and then follows the shards' round reports with a
@@ -80,7 +80,7 @@ def run_cluster(
     if not config.cluster:
         raise ConfigError("cluster", "empty: run_simulation runs in one process")
     ray = import_ray()
-    experiment = experiment or build_experiment(config)
+    experiment = experiment or driver_experiment(config)
     joined = not ray.is_initialized()
     if joined:
         _connect(ray, config.cluster)
@@ -89,6 +89,13 @@ def run_cluster(
     finally:
         if joined:
             ray.shutdown()
+
+
+def driver_experiment(config: ExperimentConfig) -> Experiment:
+    """The experiment as the driver needs it: names, topology, attackers, slow nodes,
+    and no learner, which the shards build (with DP every learner, for the summary's
+    noise multipliers). The model is still checked against the data here."""
+    return build_experiment(config, only=None if config.dp else ())
 
 
 def _connect(ray: Any, cluster: str) -> None:
