@@ -1,7 +1,8 @@
 """``p2pfl simulate --cluster ray|auto|ray://HOST:PORT``: one simulation sharded over Ray actors.
 
-The driver (this process) builds the experiment without learners, only to name the
-nodes and write the summary (:func:`driver_experiment`); it cuts the nodes into shards of ``shard_size``, places one
+The driver (this process) builds the experiment without learners
+(:func:`driver_experiment`), only to name the nodes and write the summary; it cuts the
+nodes into shards of ``shard_size``, places one
 :class:`~p2pfl.simulation.cluster_shard.ShardActor` per shard (a placement group, one
 CPU and a share of the GPUs each), lets every shard bind, hands each the others' tcp
 endpoints, and then follows the shards' round reports with a
