@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,11 +67,14 @@ class LearnerRecipe(LearnerSettings, Protocol):
     def delta(self) -> float: ...
 
 
-def build_learners(recipe: LearnerRecipe, dataset: Dataset, parts: list[np.ndarray]) -> list[Learner]:
+def build_learners(
+    recipe: LearnerRecipe, dataset: Dataset, parts: list[np.ndarray], *, only: Collection[int] | None = None
+) -> list[Learner]:
     """One learner per partition (see :func:`p2pfl.learning.build.build_learners`), each
-    made differentially private when ``recipe.dp`` asks for it (needs Opacus)."""
+    made differentially private when ``recipe.dp`` asks for it (needs Opacus); ``only``:
+    just those partitions' learners, in index order."""
     if not recipe.dp:
-        return build_learners_from(recipe, dataset, parts)
+        return build_learners_from(recipe, dataset, parts, only=only)
 
     def private(learner: TorchLearner, stream: int) -> Learner:
         return privatize(
@@ -79,7 +82,7 @@ def build_learners(recipe: LearnerRecipe, dataset: Dataset, parts: list[np.ndarr
             noise=recipe.noise, target_epsilon=recipe.target_epsilon, delta=recipe.delta,
         )
 
-    return build_learners_from(recipe, dataset, parts, wrap=private)
+    return build_learners_from(recipe, dataset, parts, wrap=private, only=only)
 
 
 class NodeSettings(Protocol):

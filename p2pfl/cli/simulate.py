@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,16 @@ def run(args: argparse.Namespace) -> int:
         )
     # imported only now: config errors and --print-config need no torch or zmq
     from p2pfl.simulation.recorder import make_out_dir
-    from p2pfl.simulation.setup import build_experiment
+    from p2pfl.simulation.setup import Experiment, build_experiment
     from p2pfl.simulation.simulator import run_simulation
 
     runner = run_simulation
+    build: Callable[[ExperimentConfig], Experiment] = build_experiment
     if config.cluster:  # the same result and outputs, the nodes sharded over Ray actors
-        from p2pfl.simulation.cluster import import_ray, run_cluster
+        from p2pfl.simulation.cluster import driver_experiment, import_ray, run_cluster
 
         import_ray()  # a missing Ray is one line, before anything is built
-        runner = run_cluster
+        runner, build = run_cluster, driver_experiment
 
     bar: _progress_bar | None = None
     started = False  # for the line printed on Ctrl-C: whether the run began, and how far it got
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # build first, so a bad topology, dataset or --out fails before a progress bar is
         # drawn, and before --overwrite removes the previous run
-        experiment = build_experiment(config)
+        experiment = build(config)
         if out is not None:
             clear_run(out)  # its plots too: none of them may be left beside the new metrics
             make_out_dir(out)

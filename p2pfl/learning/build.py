@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import numpy as np
@@ -58,6 +58,7 @@ def build_learners(
     parts: list[np.ndarray],
     *,
     wrap: Callable[[TorchLearner, int], Learner] | None = None,
+    only: Collection[int] | None = None,
 ) -> list[Learner]:
     """One learner per partition, all starting from the same initial model.
 
@@ -68,6 +69,10 @@ def build_learners(
         wrap: applied to each learner as it is built, with its stream seed (e.g.
             differential privacy); the learners are built in order, so a wrapper that
             draws from torch's global RNG draws the same numbers every run.
+        only: build only the learners of these partition indices (in index order):
+            each is bit-identical to the one the whole build makes, since a learner
+            depends only on the initial model, its rows and its stream seed
+            ``node_seed(seed, i)`` (a cluster shard builds just its own nodes').
     """
     metrics = resolve_metrics(settings.metrics)  # before the model: a bad name is refused at once
     check_metrics(metrics, dataset.num_classes, dataset.name)
@@ -78,7 +83,9 @@ def build_learners(
     y_test = torch.from_numpy(dataset.y_test)
     test_batches = ArrayBatches(x_test, y_test, _EVAL_BATCH, shuffle=False)
     learners: list[Learner] = []
-    for i, idx in enumerate(parts):
+    wanted = range(len(parts)) if only is None else sorted(set(only))
+    for i in wanted:
+        idx = parts[i]
         model = copy.deepcopy(initial)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=settings.lr, momentum=settings.momentum,

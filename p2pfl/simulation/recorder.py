@@ -109,6 +109,9 @@ class MetricsRecorder:
 
     def on_round_end(self, metrics: RoundMetrics, weights: Weights) -> None:
         self.final_weights[metrics.node] = weights
+        self._report(metrics, weights)
+
+    def _report(self, metrics: RoundMetrics, weights: Weights) -> None:
         if metrics.node in self._rejoining:  # back, possibly rounds later after catching up
             self._rejoining.discard(metrics.node)
             self._down.discard(metrics.node)
@@ -183,10 +186,15 @@ class MetricsRecorder:
         self._next_round = round_ + 1
         self._waiting_from = 0
         order = [n for n in self.names if n in exact or (n in self._state and n not in self._down)]
+        self._round_closed(round_, order, exact)
+
+    def _round_closed(self, round_: int, order: list[str], exact: dict[str, RoundMetrics]) -> None:
+        """Round ``round_`` is closed: ``order``, the nodes whose models count (their
+        latest report up to it in ``self._state``), ``exact``, the reports of this round."""
         if not order:
             self._event(round_).set()
             return
-        distances = model_distances([self._state[n][1] for n in order])
+        distances = self._distances(round_, order)
         by_node = dict(zip(order, distances, strict=True))
         self._write([self._row(metrics, float(by_node[name])) for name, metrics in exact.items()])
         self._event(round_).set()
@@ -204,6 +212,10 @@ class MetricsRecorder:
         if self.progress is not None:
             self.progress(summary)
 
+    def _distances(self, round_: int, order: list[str]) -> np.ndarray:
+        """The consensus distance of each node in ``order`` at round ``round_``."""
+        return model_distances([self._state[n][1] for n in order])
+
     @staticmethod
     def _row(metrics: RoundMetrics, distance: float) -> dict[str, Any]:
         row = metrics_row(metrics)
@@ -215,3 +227,48 @@ class MetricsRecorder:
         if self._file is not None:
             self._file.writelines(json_line(row) for row in rows)
             self._file.flush()
+
+
+class ReducedRecorder(MetricsRecorder):
+    """The recorder of a cluster run's driver: it gets every node's metrics but no model.
+
+    The shards reduce the models themselves (:func:`~p2pfl.aggregation.consensus.model_sum`
+    of their nodes', then :func:`~p2pfl.aggregation.consensus.distances_to` the average
+    the driver forms); a round closes once :meth:`give_distances` brings its distances,
+    in round order. Rows and summaries are a one-process run's, the distances equal up
+    to float rounding (the sums are grouped by shard). A node without a distance (its
+    shard died in the middle of the round) gets NaN.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        out_dir: Path | None = None,
+        progress: Callable[[RoundSummary], None] | None = None,
+    ) -> None:
+        super().__init__(names, out_dir, progress)
+        self._given: dict[int, dict[str, float]] = {}
+
+    def report(self, metrics: RoundMetrics) -> None:
+        """A node's report of a round, without its model."""
+        self._report(metrics, {})
+
+    def give_distances(self, round_: int, distances: dict[str, float]) -> None:
+        """The consensus distances of round ``round_``: every node the shards counted."""
+        self._given[round_] = distances
+        self._close_complete_rounds()
+
+    def _close_complete_rounds(self) -> None:
+        while self._next_round in self._given:
+            self._close_round(self._next_round)
+
+    def _distances(self, round_: int, order: list[str]) -> np.ndarray:
+        given = self._given.pop(round_, {})
+        return np.array([given.get(name, math.nan) for name in order])
+
+    def close(self) -> None:
+        """Close the rounds given so far, then (as a one-process run does) the rest,
+        without distances (NaN)."""
+        while self._given and max(self._given) >= self._next_round:
+            self._close_round(self._next_round)
+        super().close()

@@ -7,7 +7,7 @@ all three start from bit-identical models, data and shuffling.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,14 +48,28 @@ class Experiment:
     attackers: list[str] = field(default_factory=list)  # names of the attacking nodes
     slow: list[str] = field(default_factory=list)  # names of the slowed-down nodes
     samples_dealt: int = 1  # > 1: the training set was dealt that many times (nodes share samples)
+    built: list[int] | None = None  # indices of the nodes whose learners were built (None: all)
 
     @property
     def names(self) -> list[str]:
         return self.topology.names
 
+    @property
+    def learner_of(self) -> dict[str, Learner]:
+        """The built learners by node name."""
+        indices = range(self.topology.n) if self.built is None else self.built
+        return {self.topology.names[i]: learner for i, learner in zip(indices, self.learners, strict=True)}
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
-    """Build the experiment; same config, same bits."""
+
+def build_experiment(config: ExperimentConfig, *, only: Collection[str] | None = None) -> Experiment:
+    """Build the experiment; same config, same bits.
+
+    ``only``: build the learners of these nodes alone (``Experiment.built`` lists their
+    indices, ``Experiment.learners`` holds them in that order), each bit-identical to the
+    whole build's: a cluster shard builds its own nodes', not the other shards'. The
+    topology, schedule, data split, attackers and slow nodes are drawn for the whole
+    config either way (they are cheap).
+    """
     topology = build_topology(
         config.topology, _node_count(config), seed=config.seed, mixing=config.mixing
     )
@@ -71,15 +85,29 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         image=config.model == "cnn",
     )
     shares = share(dataset.y_train, topology.n, config.partition, seed=config.seed)
-    learners = build_learners(config, dataset, shares.parts)
+    built = None if only is None else _indices(topology.names, only)
+    learners = build_learners(config, dataset, shares.parts, only=built)
+    position = {i: k for k, i in enumerate(range(topology.n) if built is None else built)}
     attackers = pick_attackers(config, topology.n)
     for i in attackers:
-        learners[i] = AttackingLearner(
-            learners[i], config.attack, seed=node_seed(config.seed, i), num_classes=dataset.num_classes
-        )
+        if i in position:
+            learners[position[i]] = AttackingLearner(
+                learners[position[i]], config.attack, seed=node_seed(config.seed, i), num_classes=dataset.num_classes
+            )
     names = [topology.names[i] for i in attackers]
     slow = [topology.names[i] for i in pick_slow_nodes(config, topology.n)]
-    return Experiment(config, topology, schedule, dataset, shares.parts, learners, names, slow, shares.copies)
+    return Experiment(
+        config, topology, schedule, dataset, shares.parts, learners, names, slow, shares.copies, built
+    )
+
+
+def _indices(names: list[str], only: Collection[str]) -> list[int]:
+    """The indices of the nodes ``only`` names, in node order."""
+    wanted = set(only)
+    unknown = wanted.difference(names)
+    if unknown:
+        raise ValueError(f"no such nodes: {', '.join(sorted(unknown))}")
+    return [i for i, name in enumerate(names) if name in wanted]
 
 
 def check_secure_neighbourhoods(schedule: GossipSchedule, names: list[str]) -> None:

@@ -209,7 +209,7 @@ class _NodeFactory:
         self.links = simulated_links(experiment.names, context) if config.curve else plain_links()
         self.secure_for = simulated_secure_aggregation(experiment.names) if config.secure_aggregation else None
         self.aggregator = build_aggregator(config.aggregator)  # one instance: it logs once, not per node
-        self.learner_of = dict(zip(experiment.names, experiment.learners, strict=True))
+        self.learner_of = experiment.learner_of
 
     def __call__(self, name: str, endpoint: str, start_round: int = 0, **hooks: Any) -> Node:
         return build_node(

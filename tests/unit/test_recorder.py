@@ -102,3 +102,63 @@ def test_rounds_of_thousands_of_nodes_close_without_rescanning_every_node_per_re
     assert [s.round for s in closed] == [0]
     assert checks < 3 * len(names)
     recorder.close()
+
+
+def test_shards_sums_give_the_driver_the_one_process_rows_and_summaries():
+    """A cluster run's reduction without Ray: two shards' ShardRounds send their round
+    sums, the driver averages them, the shards centre, the ReducedRecorder writes."""
+    import queue
+
+    from p2pfl.simulation.cluster_shard import ShardRounds
+    from p2pfl.simulation.recorder import ReducedRecorder
+
+    names, shard_of = ["a", "b", "c", "d"], {"a": 0, "b": 0, "c": 1, "d": 1}
+    whole = MetricsRecorder(names)
+    driver = ReducedRecorder(names)
+    events: list[queue.SimpleQueue] = [queue.SimpleQueue(), queue.SimpleQueue()]
+    shards = [ShardRounds([n for n in names if shard_of[n] == i], events[i]) for i in range(2)]
+    sums: dict[int, dict[int, tuple]] = {}
+
+    def reduce() -> None:
+        for i, shard_events in enumerate(events):
+            while not shard_events.empty():
+                _, round_, total, count = shard_events.get()
+                sums.setdefault(round_, {})[i] = (total, count)
+        for round_ in sorted(sums):
+            if len(sums[round_]) < 2:
+                return
+            parts = sums.pop(round_)
+            count = sum(c for _, c in parts.values())
+            keys = next(t for t, c in parts.values() if c)
+            mean = {k: sum(t[k] for t, c in parts.values() if c) / count for k in keys}
+            distances: dict[str, float] = {}
+            for shard in shards:
+                distances.update(shard.centre(round_, mean))
+            driver.give_distances(round_, distances)
+
+    rng = np.random.default_rng(1)
+    # async clocks: c jumps from 0 to 2, d crashes after round 1
+    plan = [("a", 0), ("c", 0), ("b", 0), ("d", 0), ("a", 1), ("b", 1), ("d", 1), ("c", 2), ("a", 2), ("b", 2)]
+    for node, round_ in plan:
+        metrics, weights = report(node, round_, float(rng.random())), model(float(rng.normal()))
+        whole.on_round_end(metrics, weights)
+        driver.report(metrics)
+        shards[shard_of[node]].on_round_end(metrics, weights)
+        if (node, round_) == ("d", 1):
+            for recorder in (whole, driver, shards[1]):
+                recorder.node_down("d")
+        reduce()
+    whole.close()
+    for shard in shards:
+        shard.close()
+    reduce()
+    driver.close()
+    assert [r["consensus_distance"] for r in driver.rows] == pytest.approx(
+        [r["consensus_distance"] for r in whole.rows], rel=1e-12)
+    assert [{**r, "consensus_distance": 0} for r in driver.rows] == [{**r, "consensus_distance": 0} for r in whole.rows]
+    assert [(s.round, s.nodes, s.mean_accuracy) for s in driver.rounds] == [
+        (s.round, s.nodes, s.mean_accuracy) for s in whole.rounds]
+    assert [s.consensus_distance for s in driver.rounds] == pytest.approx(
+        [s.consensus_distance for s in whole.rounds], rel=1e-12)
+    assert len(driver.rounds) == 3 and len(driver.rows) == len(plan)
+    assert set(shards[0].final_weights) | set(shards[1].final_weights) == set(names)
