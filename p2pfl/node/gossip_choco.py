@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,8 @@ CHOCO_META = "choco"
 MAX_QUEUED = 8
 #: a full copy goes to one neighbour at most once per own difference or this many seconds
 RESYNC_INTERVAL = 1.0
-#: rounds before a request not yet answered is repeated (the answer may have been lost)
+#: rounds before a request not yet answered is repeated (the answer may have been lost),
+#: and never within twice the answerer's interval: an honest repeat is never refused
 ASK_AGAIN = 2
 
 
@@ -96,6 +98,7 @@ class ChocoGossip:
         self._last: dict[str, int] = {}  # newest difference accepted per sender
         self._clocks: dict[str, int] = {}  # async: newest clock per sender
         self._asked: dict[str, int] = {}  # full copies requested and not yet arrived: round asked
+        self._asked_at: dict[str, float] = {}  # ... and when (monotonic)
         self._answered: dict[str, tuple[int, float]] = {}  # own seq and time of the last answer
         self._round = 0
 
@@ -181,8 +184,10 @@ class ChocoGossip:
         frames = wire.encode(kind=Kind.CHOCO_RESYNC, sender=self._link.name, round=self._round, samples=0,
                              tensors={})
         for peer in peers:
-            if self._round - self._asked.get(peer, self._round - ASK_AGAIN) >= ASK_AGAIN:
-                self._asked[peer] = self._round
+            now = time.monotonic()
+            if (self._round - self._asked.get(peer, self._round - ASK_AGAIN) >= ASK_AGAIN
+                    and now - self._asked_at.get(peer, -math.inf) >= 2 * RESYNC_INTERVAL):
+                self._asked[peer], self._asked_at[peer] = self._round, now
                 self._link.send([peer], frames, control=True)
 
     # -- the round -----------------------------------------------------------------------

@@ -186,6 +186,26 @@ def test_resync_requests_are_rate_limited():
     assert net.links["a"].kinds == [Kind.CHOCO_STATE]
 
 
+def test_an_unanswered_request_is_repeated_only_after_rounds_and_the_answerers_interval(monkeypatch):
+    """An honest repeat must never meet the answerer's rate limit (fast async rounds)."""
+    import p2pfl.node.gossip_choco as choco
+
+    clock = [100.0]
+    monkeypatch.setattr(choco.time, "monotonic", lambda: clock[0])
+    net = Net(initial(), drop=lambda *_: True)  # every answer lost
+    node = net.nodes["a"]
+    asks = lambda: net.links["a"].kinds.count(Kind.CHOCO_RESYNC)  # noqa: E731
+    node._round = 0
+    node._ask(["b"])
+    node._round = choco.ASK_AGAIN  # rounds enough, but within twice the interval
+    clock[0] += 2 * choco.RESYNC_INTERVAL - 0.01
+    node._ask(["b"])
+    assert asks() == 1
+    clock[0] += 0.02
+    node._ask(["b"])
+    assert asks() == 2
+
+
 @pytest.mark.parametrize(("spec", "parsed"), [("plain", ("plain", 1.0)), ("choco", ("choco", 0.5)),
                                               ("choco:0.05", ("choco", 0.05)), ("choco:1", ("choco", 1.0))])
 def test_gossip_setting_parses(spec, parsed):
