@@ -3,7 +3,8 @@
 :func:`codec_attack` builds a compressed model message (for the attacked node's codec,
 or any codec when it has none) and spoils it in one of :data:`CODEC_ATTACKS`' ways:
 indices out of bounds, repeated or unsorted; more entries than the schema allows; NaN,
-infinite or negative scales; int8 values of -128; a truncated payload; a missing or bad
+infinite or negative scales; int8 values of -128 (int8 itself and topk/randk's ``:int8``
+values); a truncated payload; a missing or bad
 randk seed; another codec's name; a codec on a kind that is never compressed.
 """
 
@@ -19,7 +20,8 @@ from p2pfl.wire import Codec, parse_codec
 from p2pfl.wire.codecs import SEED_META
 
 #: codecs an uncompressed node is sent (tiny models: fractions that keep a few entries)
-ANY_CODECS = ("fp16", "bf16", "int8", "int8:3", "topk:0.5", "randk:0.5")
+ANY_CODECS = ("fp16", "bf16", "int8", "int8:3", "topk:0.5", "randk:0.5", "topk:0.5:fp16", "topk:0.5:int8",
+              "randk:0.5:int8")
 #: the ways a compressed model is spoiled
 CODEC_ATTACKS = (
     "intact", "bad_index", "duplicate_index", "unsorted_index", "count_beyond", "nan_scale", "negative_scale",
@@ -45,8 +47,9 @@ def codec_attack(
     scale_parts = [n for n in parts if n.endswith("#scale")]
     value_parts = [n for n in parts if parts[n].dtype == np.int8]
     if how == "bad_index" and index_parts:
-        idx = parts[rng.choice(index_parts)]
-        idx[-1] = rng.choice([idx[-1] + 10**6, 2**32 - 1, 10**4])
+        idx = parts[rng.choice(index_parts)]  # uint16 or uint32: beyond the (tiny) model either way
+        top = int(np.iinfo(idx.dtype).max)
+        idx[-1] = rng.choice([min(int(idx[-1]) + 10**6, top), top, 10**4])
     elif how in ("duplicate_index", "unsorted_index") and any(parts[n].size > 1 for n in index_parts):
         idx = parts[rng.choice([n for n in index_parts if parts[n].size > 1])]
         if how == "duplicate_index":

@@ -16,8 +16,12 @@ Per float32 tensor ``t`` of ``n`` entries and shape ``S`` (other dtypes travel u
 ``bf16``    ``t``: uint16 ``S`` (the upper half of each float32, rounded to nearest even)
 ``int8[:C]`` ``t``: int8 ``S`` in [-127, 127]; ``t#scale``: float32 ``[m]``, ``m = 1``
             (one scale) or ``ceil(n / C)`` (one per chunk of ``C`` entries); value = q * scale
-``topk:F``  ``t#idx``: uint32 ``[k]`` strictly increasing, ``< n``; ``t``: float32 ``[k]``
+``topk:F``  ``t#idx``: uint16 ``[k]`` (uint32 when ``n > 65536``) strictly increasing,
+            ``< n``; ``t``: float32 ``[k]``
 ``randk:F`` ``t``: float32 ``[k]`` at the indices drawn from ``meta.codec_seed``
+``…:fp16``  (``topk:F:fp16``, ``randk:F:fp16``) ``t``: float16 ``[k]`` instead
+``…:int8``  (``topk:F:int8``, ``randk:F:int8``) ``t``: int8 ``[k]`` in [-127, 127] and
+            ``t#scale``: float32 ``[1]``, value = q * scale (stochastically rounded)
 =========== =====================================================================
 
 with ``k = max(1, ceil(F * n))`` (``0`` when ``n = 0``). Entries not sent decode as 0.
@@ -46,6 +50,10 @@ SEED_META = "codec_seed"
 #: codec names, as ``compress`` takes them
 CODEC_NAMES = ("fp16", "bf16", "int8", "topk", "randk")
 _MAX_CHUNK = 2**31
+#: how the values of a sparse codec's entries travel (``topk:F[:VALUES]``)
+SPARSE_VALUES = ("float32", "fp16", "int8")
+#: tensors up to this many entries carry their topk indices as uint16
+_U16_ENTRIES = 2**16
 _F16_MAX = float(np.finfo(np.float16).max)
 _FLOAT32 = "float32"
 
@@ -67,11 +75,13 @@ class Codec:
         name: one of :data:`CODEC_NAMES`.
         fraction: topk/randk: the fraction F of entries sent, in (0, 1].
         chunk: int8: entries per scale (0 = one scale per tensor).
+        values: topk/randk: how the values travel, one of :data:`SPARSE_VALUES`.
     """
 
     name: str
     fraction: float = 0.0
     chunk: int = 0
+    values: str = "float32"
     _parts: dict[int, tuple[Mapping[str, TensorSpec], PackedSchema]] = field(
         default_factory=dict, compare=False, repr=False, hash=False
     )
@@ -80,7 +90,8 @@ class Codec:
     def spec(self) -> str:
         """The codec as ``compress`` and ``meta.codec`` spell it."""
         if self.name in ("topk", "randk"):
-            return f"{self.name}:{self.fraction!r}"
+            suffix = "" if self.values == "float32" else f":{self.values}"
+            return f"{self.name}:{self.fraction!r}{suffix}"
         if self.name == "int8" and self.chunk:
             return f"int8:{self.chunk}"
         return self.name
@@ -114,8 +125,12 @@ class Codec:
             else:
                 k = self.count(n)
                 if self.name == "topk":
-                    table[name + "#idx"] = TensorSpec("uint32", (k,))
-                table[name] = TensorSpec(_FLOAT32, (k,))
+                    table[name + "#idx"] = TensorSpec(index_dtype(n), (k,))
+                if self.values == "int8":
+                    table[name] = TensorSpec("int8", (k,))
+                    table[name + "#scale"] = TensorSpec(_FLOAT32, (1,))
+                else:
+                    table[name] = TensorSpec("float16" if self.values == "fp16" else _FLOAT32, (k,))
         packed = PackedSchema(table)
         if len(self._parts) >= 8:  # a node has one schema; tests build a few
             self._parts.clear()
@@ -157,18 +172,31 @@ class Codec:
                 k = self.count(flat.size)
                 if self.name == "topk":
                     idx = np.sort(np.argpartition(-np.abs(flat), k - 1)[:k]) if k else np.zeros(0, np.int64)
-                    parts[name + "#idx"] = idx.astype(np.uint32)
+                    parts[name + "#idx"] = idx.astype(index_dtype(flat.size))
                 else:
                     idx = randk_indices(seed, position, flat.size, k)
-                parts[name] = flat[idx]
+                values = flat[idx]
+                if self.values == "fp16":
+                    half = np.clip(values, -_F16_MAX, _F16_MAX).astype(np.float16)
+                    parts[name], values = half, half.astype(np.float32)
+                elif self.values == "int8":
+                    q, scale = self._quantize(values, rng, chunk=0)
+                    parts[name], parts[name + "#scale"] = q, scale
+                    values = self._dequantize(q, scale, chunk=0)
+                else:
+                    parts[name] = values
                 dense = np.zeros_like(flat)
-                dense[idx] = flat[idx]
+                dense[idx] = values
             sent[name] = dense.reshape(array.shape)
         return Encoded(parts=parts, meta=meta, sent=sent)
 
-    def _quantize(self, flat: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        chunk = self.chunk or max(flat.size, 1)
-        m = self._scales(flat.size)
+    def _quantize(
+        self, flat: np.ndarray, rng: np.random.Generator, chunk: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """int8 with stochastic rounding; ``chunk`` entries per scale (None: the codec's)."""
+        chunk = self.chunk if chunk is None else chunk
+        m = 1 if not chunk else -(-flat.size // chunk)
+        chunk = chunk or max(flat.size, 1)
         padded = np.zeros(m * chunk, np.float32)
         padded[: flat.size] = flat
         blocks = padded.reshape(m, chunk)
@@ -181,13 +209,14 @@ class Codec:
             q = np.clip(np.nan_to_num(np.floor(y)), -127, 127).astype(np.int8).reshape(-1)[: flat.size]
         return q, scale
 
-    def _dequantize(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def _dequantize(self, q: np.ndarray, scale: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        chunk = self.chunk if chunk is None else chunk
         flat = q.reshape(-1).astype(np.float32)
         # a huge scale overflows to inf: refused afterwards as non-finite, not worth a warning
         with np.errstate(over="ignore", invalid="ignore"):
-            if not self.chunk:
+            if not chunk:
                 return flat * scale[0] if scale.size else flat
-            return flat * np.repeat(scale, self.chunk)[: flat.size]
+            return flat * np.repeat(scale, chunk)[: flat.size]
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -218,12 +247,7 @@ class Codec:
             elif self.name == "bf16":
                 dense = _from_bf16(part.reshape(-1))
             elif self.name == "int8":
-                if part.size and int(part.min()) < -127:
-                    raise WireError("codec_value", f"tensor {name!r}: int8 value -128 (range is [-127, 127])")
-                scale = parts[name + "#scale"]
-                if scale.size and not float(scale.min()) >= 0:
-                    raise WireError("codec_value", f"tensor {name!r}: negative or NaN scale")
-                dense = self._dequantize(part, scale)
+                dense = self._dequantize(part, _checked_scale(name, part, parts))
             else:
                 if self.name == "topk":
                     idx = parts[name + "#idx"].astype(np.int64)
@@ -233,8 +257,12 @@ class Codec:
                         )
                 else:
                     idx = randk_indices(seed, position, n, part.size)
+                if self.values == "int8":
+                    values = self._dequantize(part, _checked_scale(name, part, parts), chunk=0)
+                else:
+                    values = part.astype(np.float32)
                 dense = np.zeros(n, np.float32)
-                dense[idx] = part
+                dense[idx] = values
             dense = dense.reshape(spec.shape)
             dense.flags.writeable = False
             out[name] = dense
@@ -250,13 +278,30 @@ def randk_indices(seed: int, position: int, n: int, k: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, position]).choice(n, k, replace=False))
 
 
+def index_dtype(n: int) -> str:
+    """The dtype of topk's indices into an ``n``-entry tensor: ``uint16`` when ``n <= 65536``
+    (both ends know ``n`` from the model's schema), else ``uint32``."""
+    return "uint16" if n <= _U16_ENTRIES else "uint32"
+
+
+def _checked_scale(name: str, part: np.ndarray, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The int8 ``part``'s scales, after refusing an int8 of -128 and a negative or NaN scale."""
+    if part.size and int(part.min()) < -127:
+        raise WireError("codec_value", f"tensor {name!r}: int8 value -128 (range is [-127, 127])")
+    scale = parts[name + "#scale"]
+    if scale.size and not float(scale.min()) >= 0:
+        raise WireError("codec_value", f"tensor {name!r}: negative or NaN scale")
+    return scale
+
+
 def _from_bf16(upper: np.ndarray) -> np.ndarray:
     return (upper.astype(np.uint32) << 16).view(np.float32)
 
 
 def parse_codec(spec: str) -> Codec | None:
     """The codec ``spec`` names (``""`` = none): ``fp16``, ``bf16``, ``int8[:CHUNK]``,
-    ``topk:F`` or ``randk:F`` with F in (0, 1].
+    ``topk:F[:VALUES]`` or ``randk:F[:VALUES]`` with F in (0, 1] and VALUES ``fp16`` or
+    ``int8`` (float32 without).
 
     Raises:
         ValueError: naming what would be valid.
@@ -276,10 +321,13 @@ def parse_codec(spec: str) -> Codec | None:
         if not arg.isdigit() or not 0 < int(arg) <= _MAX_CHUNK:
             raise ValueError(f"int8:CHUNK needs a chunk size in [1, 2**31], got {arg!r}")
         return Codec(name, chunk=int(arg))
+    arg, colon, values = arg.partition(":")
     try:
         fraction = float(arg)
     except ValueError:
         fraction = math.nan
     if not 0 < fraction <= 1:  # NaN fails too
         raise ValueError(f"{name}:F needs a fraction F in (0, 1], e.g. {name}:0.01, got {arg!r}")
-    return Codec(name, fraction=fraction)
+    if values not in ("fp16", "int8") and (colon or values):
+        raise ValueError(f"{name}:F:VALUES takes fp16 or int8 as VALUES, got {values!r}")
+    return Codec(name, fraction=fraction, values=values or "float32")
