@@ -2,7 +2,8 @@
 
 :func:`codec_attack` builds a compressed model message (for the attacked node's codec,
 or any codec when it has none) and spoils it in one of :data:`CODEC_ATTACKS`' ways:
-indices out of bounds, repeated or unsorted; more entries than the schema allows; NaN,
+indices out of bounds, repeated or unsorted (for a bitmap: a bit beyond the tensor, one
+bit fewer or more than declared); more entries than the schema allows; NaN,
 infinite or negative scales; int8 values of -128 (int8 itself and topk/randk's ``:int8``
 values); a truncated payload; a missing or bad
 randk seed; another codec's name; a codec on a kind that is never compressed.
@@ -44,6 +45,7 @@ def codec_attack(
     meta: dict[str, Any] = dict(encoded.meta)
     kind = "model"
     index_parts = [n for n in parts if n.endswith("#idx")]
+    mask_parts = [n for n in parts if n.endswith("#mask")]
     scale_parts = [n for n in parts if n.endswith("#scale")]
     value_parts = [n for n in parts if parts[n].dtype == np.int8]
     if how == "bad_index" and index_parts:
@@ -56,6 +58,17 @@ def codec_attack(
             idx[1] = idx[0]
         else:
             idx[0], idx[1] = idx[1], idx[0]
+    elif how in ("bad_index", "duplicate_index", "unsorted_index") and mask_parts:
+        name = rng.choice(mask_parts)
+        bits = np.unpackbits(parts[name], bitorder="little")
+        n = weights[name.removesuffix("#mask")].size
+        if how == "bad_index" and n < bits.size:  # a bit beyond the tensor
+            bits[rng.randrange(n, bits.size)] = 1
+        elif how == "duplicate_index" or not (bits[:n] == 0).any():  # one entry fewer than declared
+            bits[rng.choice(np.flatnonzero(bits[:n]).tolist())] = 0
+        else:  # one more
+            bits[rng.choice(np.flatnonzero(bits[:n] == 0).tolist())] = 1
+        parts[name] = np.packbits(bits, bitorder="little")
     elif how == "count_beyond":
         name = rng.choice(sorted(parts))
         parts[name] = np.concatenate([parts[name].reshape(-1), parts[name].reshape(-1)[:1]])

@@ -17,7 +17,9 @@ Per float32 tensor ``t`` of ``n`` entries and shape ``S`` (other dtypes travel u
 ``int8[:C]`` ``t``: int8 ``S`` in [-127, 127]; ``t#scale``: float32 ``[m]``, ``m = 1``
             (one scale) or ``ceil(n / C)`` (one per chunk of ``C`` entries); value = q * scale
 ``topk:F``  ``t#idx``: uint16 ``[k]`` (uint32 when ``n > 65536``) strictly increasing,
-            ``< n``; ``t``: float32 ``[k]``
+            ``< n``, or, when smaller (``ceil(n / 8)`` bytes < the indices'), ``t#mask``:
+            uint8 ``[ceil(n / 8)]``, bit ``i % 8`` of byte ``i // 8`` set for a sent entry
+            (exactly ``k`` bits, none beyond ``n``); ``t``: float32 ``[k]`` in index order
 ``randk:F`` ``t``: float32 ``[k]`` at the indices drawn from ``meta.codec_seed``
 ``…:fp16``  (``topk:F:fp16``, ``randk:F:fp16``) ``t``: float16 ``[k]`` instead
 ``…:int8``  (``topk:F:int8``, ``randk:F:int8``) ``t``: int8 ``[k]`` in [-127, 127] and
@@ -124,7 +126,9 @@ class Codec:
                 table[name + "#scale"] = TensorSpec(_FLOAT32, (self._scales(n),))
             else:
                 k = self.count(n)
-                if self.name == "topk":
+                if self.name == "topk" and bitmap(n, k):
+                    table[name + "#mask"] = TensorSpec("uint8", (-(-n // 8),))
+                elif self.name == "topk":
                     table[name + "#idx"] = TensorSpec(index_dtype(n), (k,))
                 if self.values == "int8":
                     table[name] = TensorSpec("int8", (k,))
@@ -172,7 +176,12 @@ class Codec:
                 k = self.count(flat.size)
                 if self.name == "topk":
                     idx = np.sort(np.argpartition(-np.abs(flat), k - 1)[:k]) if k else np.zeros(0, np.int64)
-                    parts[name + "#idx"] = idx.astype(index_dtype(flat.size))
+                    if bitmap(flat.size, k):
+                        mask = np.zeros(flat.size, np.bool_)
+                        mask[idx] = True
+                        parts[name + "#mask"] = np.packbits(mask, bitorder="little")
+                    else:
+                        parts[name + "#idx"] = idx.astype(index_dtype(flat.size))
                 else:
                     idx = randk_indices(seed, position, flat.size, k)
                 values = flat[idx]
@@ -249,7 +258,13 @@ class Codec:
             elif self.name == "int8":
                 dense = self._dequantize(part, _checked_scale(name, part, parts))
             else:
-                if self.name == "topk":
+                if self.name == "topk" and name + "#mask" in parts:
+                    bits = np.unpackbits(parts[name + "#mask"], bitorder="little")
+                    idx = np.flatnonzero(bits[:n])
+                    if idx.size != part.size or bits[n:].any():
+                        raise WireError("codec_value", f"tensor {name!r}: the mask must set {part.size} of the "
+                                        f"first {n} bits and no other")
+                elif self.name == "topk":
                     idx = parts[name + "#idx"].astype(np.int64)
                     if idx.size and (int(idx[-1]) >= n or (idx.size > 1 and not bool((np.diff(idx) > 0).all()))):
                         raise WireError(
@@ -276,6 +291,12 @@ def randk_indices(seed: int, position: int, n: int, k: int) -> np.ndarray:
     if k == 0:
         return np.zeros(0, np.int64)
     return np.sort(np.random.default_rng([seed, position]).choice(n, k, replace=False))
+
+
+def bitmap(n: int, k: int) -> bool:
+    """Whether topk sends ``k`` of ``n`` entries' positions as a bitmap (``ceil(n / 8)``
+    bytes), which it does when that is smaller than ``k`` indices."""
+    return -(-n // 8) < k * (2 if index_dtype(n) == "uint16" else 4)
 
 
 def index_dtype(n: int) -> str:

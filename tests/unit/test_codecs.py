@@ -116,6 +116,27 @@ def test_topk_indices_are_uint16_up_to_65536_entries() -> None:
     np.testing.assert_array_equal(message.tensors["w"], encoded.sent["w"])
 
 
+def test_topk_sends_positions_as_indices_or_a_bitmap_whichever_is_smaller() -> None:
+    x = {"w": np.random.default_rng(3).normal(size=1000).astype(np.float32)}
+    for spec, part, size in [("topk:0.06", "w#idx", 60 * 2), ("topk:0.07", "w#mask", 125)]:
+        message, encoded = _round_trip(spec, x)
+        assert set(encoded.parts) == {part, "w"} and encoded.parts[part].nbytes == size
+        np.testing.assert_array_equal(message.tensors["w"], encoded.sent["w"])
+        kept = np.flatnonzero(message.tensors["w"])
+        assert np.array_equal(np.sort(np.argsort(-np.abs(x["w"]))[: kept.size]), kept)
+    codec = wire.parse_codec("topk:0.06")
+    assert codec is not None
+    encoded = codec.encode(x, np.random.default_rng(0))
+    for edit in ([1, 0], [5, 5]):  # unsorted, repeated
+        idx = encoded.parts["w#idx"].copy()
+        idx[:2] = idx[edit]
+        frames = wire.encode(kind="model", sender="1", round=0, samples=1, tensors={**encoded.parts, "w#idx": idx},
+                             meta=encoded.meta)
+        with pytest.raises(WireError) as info:
+            wire.decode(frames, schema=wire.schema_of(x), codec=codec)
+        assert info.value.reason == "codec_value"
+
+
 def test_randk_indices_follow_the_documented_recipe() -> None:
     expected = np.sort(np.random.default_rng([42, 1]).choice(100, 7, replace=False))
     np.testing.assert_array_equal(randk_indices(42, 1, 100, 7), expected)
@@ -169,11 +190,14 @@ def _set(name: str, i: int, value) -> object:
 
 
 @pytest.mark.parametrize(("spec", "edit", "reason"), [
-    ("topk:0.25", {"a": _set("fc.weight#idx", -1, 24)}, "codec_value"),  # index out of bounds
-    ("topk:0.25", {"a": _set("fc.weight#idx", 1, 0)}, "codec_value"),  # duplicate (or unsorted)
+    ("topk:0.04", {"a": _set("fc.weight#idx", -1, 24)}, "codec_value"),  # index out of bounds (k = 1: indices)
+    ("topk:0.25", {"a": _set("fc.weight#mask", 0, 0xFF)}, "codec_value"),  # k = 6: a bitmap, here 8 bits set
+    ("topk:0.25", {"a": _set("fc.bias#mask", 0, 0b1001)}, "codec_value"),  # a bit beyond the 3 entries
+    ("topk:0.25", {"a": _set("fc.bias#mask", 0, 0)}, "codec_value"),  # one bit fewer
     ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight", np.zeros(7, np.float32))}, "schema_shape"),
-    ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight#idx", p["fc.weight#idx"].astype(np.int64))},
+    ("topk:0.04", {"a": lambda p: p.__setitem__("fc.weight#idx", p["fc.weight#idx"].astype(np.int64))},
      "schema_dtype"),
+    ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight#idx", np.arange(6, dtype=np.uint16))}, "schema_names"),
     ("topk:0.25:int8", {"a": _set("fc.weight", 0, -128)}, "codec_value"),
     ("topk:0.25:int8", {"a": _set("fc.weight#scale", 0, -1.0)}, "codec_value"),
     ("randk:0.25:int8", {"a": _set("fc.weight#scale", 0, np.inf)}, "non_finite"),
@@ -181,7 +205,7 @@ def _set(name: str, i: int, value) -> object:
     ("topk:0.25:fp16", {"a": _set("fc.weight", 0, np.inf)}, "non_finite"),
     ("topk:0.25:fp16", {"a": lambda p: p.__setitem__("fc.weight", p["fc.weight"].astype(np.float32))},
      "schema_dtype"),
-    ("topk:0.25:fp16", {"a": _set("fc.weight#idx", -1, 60_000)}, "codec_value"),
+    ("topk:0.04:fp16", {"a": _set("fc.weight#idx", -1, 60_000)}, "codec_value"),
     ("topk:0.25:fp16", {"meta": {"codec": "topk:0.25"}}, "codec"),
     ("int8", {"a": _set("fc.weight#scale", 0, np.nan)}, "non_finite"),
     ("int8", {"a": _set("fc.weight#scale", 0, -1.0)}, "codec_value"),
