@@ -24,6 +24,9 @@ Per float32 tensor ``t`` of ``n`` entries and shape ``S`` (other dtypes travel u
 ``…:fp16``  (``topk:F:fp16``, ``randk:F:fp16``) ``t``: float16 ``[k]`` instead
 ``…:int8``  (``topk:F:int8``, ``randk:F:int8``) ``t``: int8 ``[k]`` in [-127, 127] and
             ``t#scale``: float32 ``[1]``, value = q * scale (stochastically rounded)
+``…:int4``  the same in [-7, 7], two per byte: ``t``: uint8 ``[ceil(k / 2)]``, entry ``2j``
+            in the low nibble of byte ``j``, ``2j + 1`` in the high one, as 4-bit two's
+            complement (0x8 refused; the unused high nibble when ``k`` is odd is 0)
 =========== =====================================================================
 
 with ``k = max(1, ceil(F * n))`` (``0`` when ``n = 0``). Entries not sent decode as 0.
@@ -53,7 +56,7 @@ SEED_META = "codec_seed"
 CODEC_NAMES = ("fp16", "bf16", "int8", "topk", "randk")
 _MAX_CHUNK = 2**31
 #: how the values of a sparse codec's entries travel (``topk:F[:VALUES]``)
-SPARSE_VALUES = ("float32", "fp16", "int8")
+SPARSE_VALUES = ("float32", "fp16", "int8", "int4")
 #: tensors up to this many entries carry their topk indices as uint16
 _U16_ENTRIES = 2**16
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -130,8 +133,8 @@ class Codec:
                     table[name + "#mask"] = TensorSpec("uint8", (-(-n // 8),))
                 elif self.name == "topk":
                     table[name + "#idx"] = TensorSpec(index_dtype(n), (k,))
-                if self.values == "int8":
-                    table[name] = TensorSpec("int8", (k,))
+                if self.values in ("int8", "int4"):
+                    table[name] = TensorSpec("int8", (k,)) if self.values == "int8" else TensorSpec("uint8", ((k + 1) // 2,))
                     table[name + "#scale"] = TensorSpec(_FLOAT32, (1,))
                 else:
                     table[name] = TensorSpec("float16" if self.values == "fp16" else _FLOAT32, (k,))
@@ -192,6 +195,10 @@ class Codec:
                     q, scale = self._quantize(values, rng, chunk=0)
                     parts[name], parts[name + "#scale"] = q, scale
                     values = self._dequantize(q, scale, chunk=0)
+                elif self.values == "int4":
+                    q, scale = self._quantize(values, rng, chunk=0, levels=7)
+                    parts[name], parts[name + "#scale"] = _pack_nibbles(q), scale
+                    values = self._dequantize(q, scale, chunk=0)
                 else:
                     parts[name] = values
                 dense = np.zeros_like(flat)
@@ -200,22 +207,23 @@ class Codec:
         return Encoded(parts=parts, meta=meta, sent=sent)
 
     def _quantize(
-        self, flat: np.ndarray, rng: np.random.Generator, chunk: int | None = None
+        self, flat: np.ndarray, rng: np.random.Generator, chunk: int | None = None, levels: int = 127
     ) -> tuple[np.ndarray, np.ndarray]:
-        """int8 with stochastic rounding; ``chunk`` entries per scale (None: the codec's)."""
+        """int8 in [-levels, levels] with stochastic rounding; ``chunk`` entries per scale
+        (None: the codec's)."""
         chunk = self.chunk if chunk is None else chunk
         m = 1 if not chunk else -(-flat.size // chunk)
         chunk = chunk or max(flat.size, 1)
         padded = np.zeros(m * chunk, np.float32)
         padded[: flat.size] = flat
         blocks = padded.reshape(m, chunk)
-        scale = (np.abs(blocks).max(axis=1) / 127).astype(np.float32)
+        scale = (np.abs(blocks).max(axis=1) / levels).astype(np.float32)
         safe = np.where(scale > 0, scale, 1).astype(np.float32)
         # stochastic rounding: floor(y + u) is unbiased, E[q] = y (a model with inf, which the
         # node reports as non-finite anyway, gives NaN here: no warning for it)
         with np.errstate(over="ignore", invalid="ignore"):
             y = blocks / safe[:, None] + rng.random(blocks.shape, dtype=np.float32)
-            q = np.clip(np.nan_to_num(np.floor(y)), -127, 127).astype(np.int8).reshape(-1)[: flat.size]
+            q = np.clip(np.nan_to_num(np.floor(y)), -levels, levels).astype(np.int8).reshape(-1)[: flat.size]
         return q, scale
 
     def _dequantize(self, q: np.ndarray, scale: np.ndarray, chunk: int | None = None) -> np.ndarray:
@@ -258,11 +266,12 @@ class Codec:
             elif self.name == "int8":
                 dense = self._dequantize(part, _checked_scale(name, part, parts))
             else:
+                k = self.count(n)
                 if self.name == "topk" and name + "#mask" in parts:
                     bits = np.unpackbits(parts[name + "#mask"], bitorder="little")
                     idx = np.flatnonzero(bits[:n])
-                    if idx.size != part.size or bits[n:].any():
-                        raise WireError("codec_value", f"tensor {name!r}: the mask must set {part.size} of the "
+                    if idx.size != k or bits[n:].any():
+                        raise WireError("codec_value", f"tensor {name!r}: the mask must set {k} of the "
                                         f"first {n} bits and no other")
                 elif self.name == "topk":
                     idx = parts[name + "#idx"].astype(np.int64)
@@ -271,9 +280,12 @@ class Codec:
                             "codec_value", f"tensor {name!r}: indices must be strictly increasing and < {n}"
                         )
                 else:
-                    idx = randk_indices(seed, position, n, part.size)
+                    idx = randk_indices(seed, position, n, k)
                 if self.values == "int8":
                     values = self._dequantize(part, _checked_scale(name, part, parts), chunk=0)
+                elif self.values == "int4":
+                    q = _unpack_nibbles(name, part, k)
+                    values = self._dequantize(q, _checked_scale(name, q, parts), chunk=0)
                 else:
                     values = part.astype(np.float32)
                 dense = np.zeros(n, np.float32)
@@ -305,6 +317,23 @@ def index_dtype(n: int) -> str:
     return "uint16" if n <= _U16_ENTRIES else "uint32"
 
 
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """int8 values in [-7, 7], two per byte (low nibble first; a last odd one's high nibble 0)."""
+    nibbles = (q.astype(np.uint8) & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+
+
+def _unpack_nibbles(name: str, part: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` int4 values of ``part`` as int8, refusing 0x8 (-8) and a non-zero pad nibble."""
+    nibbles = np.empty(2 * part.size, np.uint8)
+    nibbles[0::2], nibbles[1::2] = part & 0xF, part >> 4
+    if (nibbles[:k] == 8).any() or nibbles[k:].any():
+        raise WireError("codec_value", f"tensor {name!r}: int4 value -8 (range is [-7, 7]) or a non-zero pad")
+    return (nibbles[:k].astype(np.int8) << 4) >> 4  # sign-extend the 4-bit two's complement
+
+
 def _checked_scale(name: str, part: np.ndarray, parts: Mapping[str, np.ndarray]) -> np.ndarray:
     """The int8 ``part``'s scales, after refusing an int8 of -128 and a negative or NaN scale."""
     if part.size and int(part.min()) < -127:
@@ -321,8 +350,8 @@ def _from_bf16(upper: np.ndarray) -> np.ndarray:
 
 def parse_codec(spec: str) -> Codec | None:
     """The codec ``spec`` names (``""`` = none): ``fp16``, ``bf16``, ``int8[:CHUNK]``,
-    ``topk:F[:VALUES]`` or ``randk:F[:VALUES]`` with F in (0, 1] and VALUES ``fp16`` or
-    ``int8`` (float32 without).
+    ``topk:F[:VALUES]`` or ``randk:F[:VALUES]`` with F in (0, 1] and VALUES ``fp16``,
+    ``int8`` or ``int4`` (float32 without).
 
     Raises:
         ValueError: naming what would be valid.
@@ -349,6 +378,6 @@ def parse_codec(spec: str) -> Codec | None:
         fraction = math.nan
     if not 0 < fraction <= 1:  # NaN fails too
         raise ValueError(f"{name}:F needs a fraction F in (0, 1], e.g. {name}:0.01, got {arg!r}")
-    if values not in ("fp16", "int8") and (colon or values):
-        raise ValueError(f"{name}:F:VALUES takes fp16 or int8 as VALUES, got {values!r}")
+    if values not in ("fp16", "int8", "int4") and (colon or values):
+        raise ValueError(f"{name}:F:VALUES takes fp16, int8 or int4 as VALUES, got {values!r}")
     return Codec(name, fraction=fraction, values=values or "float32")

@@ -87,18 +87,28 @@ def test_sparse_codecs_send_k_entries(spec: str) -> None:
     assert message.tensors["n"].tolist() == [3]
 
 
-@pytest.mark.parametrize("spec", ["topk:0.25:fp16", "topk:0.25:int8", "randk:0.25:fp16", "randk:0.25:int8"])
+@pytest.mark.parametrize("spec", ["topk:0.25:fp16", "topk:0.25:int8", "randk:0.25:fp16", "randk:0.25:int8",
+                                  "topk:0.25:int4", "randk:0.25:int4"])
 def test_sparse_values_travel_smaller(spec: str) -> None:
     message, encoded = _round_trip(spec)
-    values = "float16" if spec.endswith("fp16") else "int8"
-    assert encoded.parts["fc.weight"].dtype == values and encoded.parts["fc.weight"].size == 6
-    assert ("fc.weight#scale" in encoded.parts) == (values == "int8")
+    values = spec.rsplit(":", 1)[1]
+    part = encoded.parts["fc.weight"]
+    assert (part.dtype, part.size) == {"fp16": ("float16", 6), "int8": ("int8", 6), "int4": ("uint8", 3)}[values]
+    assert ("fc.weight#scale" in encoded.parts) == (values != "fp16")
     dense = message.tensors["fc.weight"]
     np.testing.assert_array_equal(dense, encoded.sent["fc.weight"])  # receiver sees what sender thinks
     kept = dense != 0
-    scale = np.abs(WEIGHTS["fc.weight"]).max() / 127 if values == "int8" else 2e-3 * 6
+    scale = {"int8": 127, "int4": 7}.get(values)
+    scale = np.abs(WEIGHTS["fc.weight"]).max() / scale if scale else 2e-3 * 6
     np.testing.assert_allclose(dense[kept], WEIGHTS["fc.weight"][kept], atol=scale)
     assert message.tensors["n"].tolist() == [3]
+
+
+def test_int4_values_pack_two_per_byte_low_nibble_first() -> None:
+    x = {"w": np.array([-7.0, 7.0, 3.0], np.float32)}  # exact multiples of the scale: no rounding
+    message, encoded = _round_trip("topk:1:int4", x)
+    assert encoded.parts["w#scale"].tolist() == [1.0] and encoded.parts["w"].tolist() == [0x79, 0x03]
+    assert message.tensors["w"].tolist() == [-7.0, 7.0, 3.0]
 
 
 def test_topk_indices_are_uint16_up_to_65536_entries() -> None:
@@ -203,6 +213,11 @@ def _set(name: str, i: int, value) -> object:
     ("randk:0.25:int8", {"a": _set("fc.weight#scale", 0, np.inf)}, "non_finite"),
     ("topk:0.25:int8", {"a": lambda p: p.__setitem__("fc.weight#scale", np.ones(2, np.float32))}, "schema_shape"),
     ("topk:0.25:fp16", {"a": _set("fc.weight", 0, np.inf)}, "non_finite"),
+    ("topk:0.25:int4", {"a": _set("fc.weight", 0, 0x08)}, "codec_value"),  # -8
+    ("topk:0.25:int4", {"a": _set("fc.weight", 2, 0x80)}, "codec_value"),  # -8, high nibble
+    ("topk:0.25:int4", {"a": _set("fc.bias", 0, 0x10)}, "codec_value"),  # k = 1: the pad nibble set
+    ("randk:0.25:int4", {"a": _set("fc.weight#scale", 0, -2.0)}, "codec_value"),
+    ("topk:0.25:int4", {"a": lambda p: p.__setitem__("fc.weight", np.zeros(6, np.uint8))}, "schema_shape"),
     ("topk:0.25:fp16", {"a": lambda p: p.__setitem__("fc.weight", p["fc.weight"].astype(np.float32))},
      "schema_dtype"),
     ("topk:0.04:fp16", {"a": _set("fc.weight#idx", -1, 60_000)}, "codec_value"),
@@ -253,7 +268,8 @@ def test_no_decompression_bomb_the_table_is_fixed_by_the_schema() -> None:
 
 
 @pytest.mark.parametrize("spec", ["", "fp16", "bf16", "int8", "int8:64", "topk:0.01", "randk:1", "topk:1e-3",
-                                  "topk:0.1:fp16", "topk:0.05:int8", "randk:0.5:int8", "randk:1:fp16"])
+                                  "topk:0.1:fp16", "topk:0.05:int8", "randk:0.5:int8", "randk:1:fp16",
+                                  "topk:0.2:int4"])
 def test_the_setting_and_the_wire_accept_the_same_specs(spec: str) -> None:
     assert SETTINGS["compress"].problem(spec) is None
     codec = wire.parse_codec(spec)
@@ -263,7 +279,8 @@ def test_the_setting_and_the_wire_accept_the_same_specs(spec: str) -> None:
 
 
 @pytest.mark.parametrize("spec", ["gzip", "topk", "topk:0", "topk:1.5", "randk:nan", "int8:0", "fp16:2", "int8:x",
-                                  "topk:0.1:bf16", "topk:0.1:", "topk:0.1:int8:4", "int8:4:fp16", "topk:fp16"])
+                                  "topk:0.1:bf16", "topk:0.1:", "topk:0.1:int8:4", "int8:4:fp16", "topk:fp16",
+                                  "int4", "topk:0.1:int2"])
 def test_bad_specs_are_refused_by_both(spec: str) -> None:
     assert SETTINGS["compress"].problem(spec) is not None
     with pytest.raises(ValueError):
@@ -279,7 +296,7 @@ def test_compress_is_refused_with_secure_aggregation() -> None:
     assert NodeConfig(name="a", rounds=2, compress="int8").compress == "int8"
 
 
-@pytest.mark.parametrize("spec", ["int8", "topk:0.01", "topk:0.01:int8"])
+@pytest.mark.parametrize("spec", ["int8", "topk:0.01", "topk:0.01:int8", "topk:0.5:int4"])
 def test_a_node_takes_compressed_models_of_many_tensors(spec: str) -> None:
     """Up to three parts per tensor: a node's limits (fitted to its own model) leave room for them."""
     weights = {f"layer{i}.weight": np.ones((3, 3), np.float32) for i in range(200)}
