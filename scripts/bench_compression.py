@@ -3,7 +3,7 @@
 
     python scripts/bench_compression.py                       # 16 nodes, ring, digits MLP, seeds 0-2
     python scripts/bench_compression.py --topology random-regular:4 --model cnn
-    python scripts/bench_compression.py --codecs choco:0.6+topk:0.1:int8 --choco-factor 3
+    python scripts/bench_compression.py --codecs choco:1+topk:0.3:int4 choco:0.6+topk:0.2:int4
 
 Runs the same experiment (same data, partition, init, shuffling) with ``compress`` off,
 ``fp16``, ``bf16`` and ``int8`` and prints, per codec, averaged over the seeds: the final
@@ -31,7 +31,7 @@ from typing import Any
 from p2pfl.simulation.config import ExperimentConfig
 from p2pfl.simulation.simulator import run_simulation
 
-CODECS = ("", "fp16", "bf16", "int8", "choco:0.6+topk:0.1:int8", "choco:0.8+topk:0.2:int8")
+CODECS = ("", "fp16", "bf16", "int8", "choco:1+topk:0.3:int4", "choco:0.8+topk:0.2:int4")
 
 
 def _row(spec: str) -> tuple[str, str]:
