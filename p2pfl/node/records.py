@@ -180,8 +180,8 @@ def limits_for(weights: Mapping[str, Any], config: NodeConfig) -> wire.WireLimit
         max_header_bytes=min(limits.max_header_bytes, 4 * header + 64 * 1024),
         # masked (secure aggregation) tensors travel as 64-bit integers: twice float32
         max_message_bytes=min(limits.max_message_bytes, 4 * (header + payload) + 64 * 1024),
-        # a compressed model (int8, topk) carries up to two parts per tensor
-        max_tensors=min(limits.max_tensors, (2 if config.compress else 1) * len(weights) + 64),
+        # a compressed model carries up to three parts per tensor (topk:F:int8)
+        max_tensors=min(limits.max_tensors, (3 if config.compress else 1) * len(weights) + 64),
     )
 
 

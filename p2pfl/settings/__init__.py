@@ -259,8 +259,8 @@ _ALL = [
     _S("clip", float, 1.0, "with dp: L2 bound of per-sample gradients (sample) or round updates (update)", gt=0),
     _S("delta", float, 1e-5, "with dp: delta of the reported (epsilon, delta)", gt=0, lt=1),
     _S("compress", str, "", "compress models on the wire with error feedback: fp16, bf16, int8[:CHUNK] "
-       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F (meant for "
-       "gossip = choco); every member must use the same", check=compress_problem, shown="off"),
+       "(stochastic rounding, one scale per tensor or per CHUNK entries), topk:F or randk:F, their values as "
+       "float32 or, with :fp16, :int8 or :int4 (topk:F:int8), smaller (meant for gossip = choco); every member must use the same", check=compress_problem, shown="off"),
     _S("gossip", str, "plain", "plain (average the neighbours' models) or choco[:GAMMA] (CHOCO-SGD: send compressed "
        "differences to public copies, consensus step GAMMA in (0, 1], default 0.5; static topology, aggregator "
        "mean, no secure aggregation); every member must use the same", check=gossip_problem),

@@ -69,12 +69,13 @@ def learner_args_problem(value: Mapping[Any, Any]) -> str | None:
 
 
 #: ``compress``'s grammar (:func:`p2pfl.wire.codecs.parse_codec` reads it; settings import no wire)
-_COMPRESS = re.compile(r"fp16|bf16|int8(:[1-9]\d{0,9})?|(topk|randk):(?P<f>[0-9.eE+-]+)")
+_COMPRESS = re.compile(r"fp16|bf16|int8(:[1-9]\d{0,9})?|(topk|randk):(?P<f>[0-9.eE+-]+)(:fp16|:int8|:int4)?")
 
 
 def compress_problem(value: str) -> str | None:
     match = _COMPRESS.fullmatch(value)
-    valid = "use fp16, bf16, int8, int8:CHUNK, topk:F or randk:F (F in (0, 1]), or leave it empty"
+    valid = ("use fp16, bf16, int8, int8:CHUNK, topk:F[:fp16|:int8|:int4] or randk:F[:fp16|:int8|:int4] (F in (0, 1]), "
+             "or leave it empty")
     if not value:
         return None
     if match is None:

@@ -22,7 +22,8 @@ from p2pfl.testing import DECODER_REASONS
 from p2pfl.testing.hostile_codecs import CODEC_ATTACKS, codec_attack
 
 LONG = os.environ.get("P2PFL_FUZZ_LONG") == "1"
-CODECS = ["fp16", "bf16", "int8", "int8:5", "topk:0.2", "randk:0.3"]
+CODECS = ["fp16", "bf16", "int8", "int8:5", "topk:0.2", "randk:0.3", "topk:0.2:fp16", "topk:0.2:int8",
+          "randk:0.3:int8", "topk:0.2:int4", "randk:0.3:int4"]
 WEIGHTS = {
     "fc.weight": np.arange(-12, 12, dtype=np.float32).reshape(4, 6) / 7,
     "fc.bias": np.array([0.5, -2.0, 3.0], np.float32),
@@ -81,10 +82,11 @@ def test_each_spoiling_is_refused(spec: str, how: str) -> None:
             continue
         outcome = _decode(frames, codec)
         seen.add(outcome if isinstance(outcome, str) else "ok")
+    scaled = spec.startswith("int8") or spec.endswith((":int8", ":int4"))
     applies = {
         "intact": True, "bad_index": spec.startswith("topk"), "duplicate_index": spec.startswith("topk"),
-        "unsorted_index": spec.startswith("topk"), "count_beyond": True, "nan_scale": spec.startswith("int8"),
-        "negative_scale": spec.startswith("int8"), "int8_min": spec.startswith("int8"), "truncated": True,
+        "unsorted_index": spec.startswith("topk"), "count_beyond": True, "nan_scale": scaled,
+        "negative_scale": scaled, "int8_min": scaled, "truncated": True,
         "bad_seed": spec.startswith("randk"), "other_codec": True, "wrong_kind": True,
     }[how]
     if how == "intact" or not applies:

@@ -48,11 +48,12 @@ async def test_a_live_node_survives_hostile_traffic_and_keeps_gossiping(known_bu
         assert report.rejected[reason] > 0, f"no message was refused as {reason}"
 
 
-@pytest.mark.parametrize("compress", ["fp16", "bf16", "int8", "int8:3", "topk:0.5", "randk:0.5"])
+@pytest.mark.parametrize("compress", ["fp16", "bf16", "int8", "int8:3", "topk:0.5", "randk:0.5", "topk:0.02:int4",
+                                      "randk:0.5:int8"])
 async def test_a_compressing_node_survives_hostile_codec_traffic(compress: str, known_bugs):
     """Every codec: spoiled parts (bad, repeated or unsorted indices, counts beyond the
-    schema, NaN or negative scales, -128, truncated frames, bad seeds, other codecs) are
-    each refused and counted, nothing crashes, and the honest compressed models flow."""
+    schema, NaN or negative scales, -128 or an int4 -8, truncated frames, bad seeds, other
+    codecs) are each refused and counted, nothing crashes, and the honest compressed models flow."""
     # 900: the codec attack is 1 kind in 16, and randk has 1 spoil in 12 its decoder checks
     report = await attack(900, seed=SEED, rounds=4, timeout=120.0, compress=compress)
     summary = report.as_dict()
@@ -60,7 +61,7 @@ async def test_a_compressing_node_survives_hostile_codec_traffic(compress: str, 
     assert not failures, f"{failures}\n{summary}"
     assert report.by_kind["codec"] > 0 and report.rejected["codec"] > 0, summary
     value_checks = {"int8": "codec_value", "int8:3": "codec_value", "topk:0.5": "codec_value",
-                    "randk:0.5": "codec_value"}
+                    "randk:0.5": "codec_value", "topk:0.02:int4": "codec_value", "randk:0.5:int8": "codec_value"}
     if compress in value_checks:
         assert report.rejected[value_checks[compress]] > 0, summary
 

@@ -13,7 +13,7 @@ TIMEOUT = 10.0
 BASE = {"nodes": 6, "topology": "ring", "partition": "dirichlet:0.5", "rounds": 4, "seed": 3}
 
 
-@pytest.mark.parametrize("compress", ["topk:0.1", ""], ids=["topk", "dense"])
+@pytest.mark.parametrize("compress", ["topk:0.1", "topk:0.2:int4", ""], ids=["topk", "topk-int4", "dense"])
 async def test_networked_choco_equals_the_plain_math(compress):
     config = ExperimentConfig(**BASE, gossip="choco:0.4", compress=compress)
     reference = run_reference(build_experiment(config))

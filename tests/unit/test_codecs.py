@@ -87,6 +87,66 @@ def test_sparse_codecs_send_k_entries(spec: str) -> None:
     assert message.tensors["n"].tolist() == [3]
 
 
+@pytest.mark.parametrize("spec", ["topk:0.25:fp16", "topk:0.25:int8", "randk:0.25:fp16", "randk:0.25:int8",
+                                  "topk:0.25:int4", "randk:0.25:int4"])
+def test_sparse_values_travel_smaller(spec: str) -> None:
+    message, encoded = _round_trip(spec)
+    values = spec.rsplit(":", 1)[1]
+    part = encoded.parts["fc.weight"]
+    assert (part.dtype, part.size) == {"fp16": ("float16", 6), "int8": ("int8", 6), "int4": ("uint8", 3)}[values]
+    assert ("fc.weight#scale" in encoded.parts) == (values != "fp16")
+    dense = message.tensors["fc.weight"]
+    np.testing.assert_array_equal(dense, encoded.sent["fc.weight"])  # receiver sees what sender thinks
+    kept = dense != 0
+    scale = {"int8": 127, "int4": 7}.get(values)
+    scale = np.abs(WEIGHTS["fc.weight"]).max() / scale if scale else 2e-3 * 6
+    np.testing.assert_allclose(dense[kept], WEIGHTS["fc.weight"][kept], atol=scale)
+    assert message.tensors["n"].tolist() == [3]
+
+
+def test_int4_values_pack_two_per_byte_low_nibble_first() -> None:
+    x = {"w": np.array([-7.0, 7.0, 3.0], np.float32)}  # exact multiples of the scale: no rounding
+    message, encoded = _round_trip("topk:1:int4", x)
+    assert encoded.parts["w#scale"].tolist() == [1.0] and encoded.parts["w"].tolist() == [0x79, 0x03]
+    assert message.tensors["w"].tolist() == [-7.0, 7.0, 3.0]
+
+
+def test_topk_indices_are_uint16_up_to_65536_entries() -> None:
+    codec = wire.parse_codec("topk:0.001")
+    assert codec is not None
+    for n, dtype in [(24, "uint16"), (65_536, "uint16"), (65_537, "uint32")]:
+        assert codec.parts(wire.schema_of({"w": np.zeros(n, np.float32)}))["w#idx"].dtype == dtype
+    x = {"w": np.zeros(65_536, np.float32)}
+    x["w"][[0, 65_535]] = [5.0, -7.0]
+    message, encoded = _round_trip("topk:0.00001", x)  # k = 1: the largest, the last index
+    assert encoded.parts["w#idx"].tolist() == [65_535] and message.tensors["w"][65_535] == -7.0
+    wide = {"w": np.arange(70_000, dtype=np.float32)}
+    message, encoded = _round_trip("topk:0.0001", wide)
+    assert encoded.parts["w#idx"].dtype == np.uint32 and encoded.parts["w#idx"].tolist() == list(range(69_993, 70_000))
+    np.testing.assert_array_equal(message.tensors["w"], encoded.sent["w"])
+
+
+def test_topk_sends_positions_as_indices_or_a_bitmap_whichever_is_smaller() -> None:
+    x = {"w": np.random.default_rng(3).normal(size=1000).astype(np.float32)}
+    for spec, part, size in [("topk:0.06", "w#idx", 60 * 2), ("topk:0.07", "w#mask", 125)]:
+        message, encoded = _round_trip(spec, x)
+        assert set(encoded.parts) == {part, "w"} and encoded.parts[part].nbytes == size
+        np.testing.assert_array_equal(message.tensors["w"], encoded.sent["w"])
+        kept = np.flatnonzero(message.tensors["w"])
+        assert np.array_equal(np.sort(np.argsort(-np.abs(x["w"]))[: kept.size]), kept)
+    codec = wire.parse_codec("topk:0.06")
+    assert codec is not None
+    encoded = codec.encode(x, np.random.default_rng(0))
+    for edit in ([1, 0], [5, 5]):  # unsorted, repeated
+        idx = encoded.parts["w#idx"].copy()
+        idx[:2] = idx[edit]
+        frames = wire.encode(kind="model", sender="1", round=0, samples=1, tensors={**encoded.parts, "w#idx": idx},
+                             meta=encoded.meta)
+        with pytest.raises(WireError) as info:
+            wire.decode(frames, schema=wire.schema_of(x), codec=codec)
+        assert info.value.reason == "codec_value"
+
+
 def test_randk_indices_follow_the_documented_recipe() -> None:
     expected = np.sort(np.random.default_rng([42, 1]).choice(100, 7, replace=False))
     np.testing.assert_array_equal(randk_indices(42, 1, 100, 7), expected)
@@ -140,11 +200,28 @@ def _set(name: str, i: int, value) -> object:
 
 
 @pytest.mark.parametrize(("spec", "edit", "reason"), [
-    ("topk:0.25", {"a": _set("fc.weight#idx", -1, 24)}, "codec_value"),  # index out of bounds
-    ("topk:0.25", {"a": _set("fc.weight#idx", 1, 0)}, "codec_value"),  # duplicate (or unsorted)
+    ("topk:0.04", {"a": _set("fc.weight#idx", -1, 24)}, "codec_value"),  # index out of bounds (k = 1: indices)
+    ("topk:0.25", {"a": _set("fc.weight#mask", 0, 0xFF)}, "codec_value"),  # k = 6: a bitmap, here 8 bits set
+    ("topk:0.25", {"a": _set("fc.bias#mask", 0, 0b1001)}, "codec_value"),  # a bit beyond the 3 entries
+    ("topk:0.25", {"a": _set("fc.bias#mask", 0, 0)}, "codec_value"),  # one bit fewer
     ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight", np.zeros(7, np.float32))}, "schema_shape"),
-    ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight#idx", p["fc.weight#idx"].astype(np.int64))},
+    ("topk:0.04", {"a": lambda p: p.__setitem__("fc.weight#idx", p["fc.weight#idx"].astype(np.int64))},
      "schema_dtype"),
+    ("topk:0.25", {"a": lambda p: p.__setitem__("fc.weight#idx", np.arange(6, dtype=np.uint16))}, "schema_names"),
+    ("topk:0.25:int8", {"a": _set("fc.weight", 0, -128)}, "codec_value"),
+    ("topk:0.25:int8", {"a": _set("fc.weight#scale", 0, -1.0)}, "codec_value"),
+    ("randk:0.25:int8", {"a": _set("fc.weight#scale", 0, np.inf)}, "non_finite"),
+    ("topk:0.25:int8", {"a": lambda p: p.__setitem__("fc.weight#scale", np.ones(2, np.float32))}, "schema_shape"),
+    ("topk:0.25:fp16", {"a": _set("fc.weight", 0, np.inf)}, "non_finite"),
+    ("topk:0.25:int4", {"a": _set("fc.weight", 0, 0x08)}, "codec_value"),  # -8
+    ("topk:0.25:int4", {"a": _set("fc.weight", 2, 0x80)}, "codec_value"),  # -8, high nibble
+    ("topk:0.25:int4", {"a": _set("fc.bias", 0, 0x10)}, "codec_value"),  # k = 1: the pad nibble set
+    ("randk:0.25:int4", {"a": _set("fc.weight#scale", 0, -2.0)}, "codec_value"),
+    ("topk:0.25:int4", {"a": lambda p: p.__setitem__("fc.weight", np.zeros(6, np.uint8))}, "schema_shape"),
+    ("topk:0.25:fp16", {"a": lambda p: p.__setitem__("fc.weight", p["fc.weight"].astype(np.float32))},
+     "schema_dtype"),
+    ("topk:0.04:fp16", {"a": _set("fc.weight#idx", -1, 60_000)}, "codec_value"),
+    ("topk:0.25:fp16", {"meta": {"codec": "topk:0.25"}}, "codec"),
     ("int8", {"a": _set("fc.weight#scale", 0, np.nan)}, "non_finite"),
     ("int8", {"a": _set("fc.weight#scale", 0, -1.0)}, "codec_value"),
     ("int8", {"a": _set("fc.weight", 0, -128)}, "codec_value"),
@@ -190,7 +267,9 @@ def test_no_decompression_bomb_the_table_is_fixed_by_the_schema() -> None:
     assert info.value.reason in {"schema_names", "codec"}
 
 
-@pytest.mark.parametrize("spec", ["", "fp16", "bf16", "int8", "int8:64", "topk:0.01", "randk:1", "topk:1e-3"])
+@pytest.mark.parametrize("spec", ["", "fp16", "bf16", "int8", "int8:64", "topk:0.01", "randk:1", "topk:1e-3",
+                                  "topk:0.1:fp16", "topk:0.05:int8", "randk:0.5:int8", "randk:1:fp16",
+                                  "topk:0.2:int4"])
 def test_the_setting_and_the_wire_accept_the_same_specs(spec: str) -> None:
     assert SETTINGS["compress"].problem(spec) is None
     codec = wire.parse_codec(spec)
@@ -199,7 +278,9 @@ def test_the_setting_and_the_wire_accept_the_same_specs(spec: str) -> None:
         assert wire.parse_codec(codec.spec) == codec
 
 
-@pytest.mark.parametrize("spec", ["gzip", "topk", "topk:0", "topk:1.5", "randk:nan", "int8:0", "fp16:2", "int8:x"])
+@pytest.mark.parametrize("spec", ["gzip", "topk", "topk:0", "topk:1.5", "randk:nan", "int8:0", "fp16:2", "int8:x",
+                                  "topk:0.1:bf16", "topk:0.1:", "topk:0.1:int8:4", "int8:4:fp16", "topk:fp16",
+                                  "int4", "topk:0.1:int2"])
 def test_bad_specs_are_refused_by_both(spec: str) -> None:
     assert SETTINGS["compress"].problem(spec) is not None
     with pytest.raises(ValueError):
@@ -215,9 +296,9 @@ def test_compress_is_refused_with_secure_aggregation() -> None:
     assert NodeConfig(name="a", rounds=2, compress="int8").compress == "int8"
 
 
-@pytest.mark.parametrize("spec", ["int8", "topk:0.01"])
+@pytest.mark.parametrize("spec", ["int8", "topk:0.01", "topk:0.01:int8", "topk:0.5:int4"])
 def test_a_node_takes_compressed_models_of_many_tensors(spec: str) -> None:
-    """Two parts per tensor: a node's limits (fitted to its own model) leave room for them."""
+    """Up to three parts per tensor: a node's limits (fitted to its own model) leave room for them."""
     weights = {f"layer{i}.weight": np.ones((3, 3), np.float32) for i in range(200)}
     limits = limits_for(weights, NodeConfig(name="a", rounds=2, compress=spec))
     codec = wire.parse_codec(spec)
