@@ -37,6 +37,7 @@ from p2pfl.node.records import NodeStats, RoundMetrics
 from p2pfl.simulation.churn import parse_outages
 from p2pfl.simulation.cluster_shard import NodeReport, ShardActor
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.divergence import divergence_hint
 from p2pfl.simulation.recorder import ReducedRecorder, RoundSummary
 from p2pfl.simulation.setup import Experiment, build_experiment
 from p2pfl.simulation.simulator import SimulationResult, keep_results
@@ -166,7 +167,9 @@ def _run_shards(
         for i in range(len(shards))
     ]
     log.info("run %s: %d nodes in %d shards of up to %d", run_id, len(shard_of), len(shards), len(shards[0]))
-    recorder = ReducedRecorder(experiment.names, Path(config.out) if config.out else None, progress)
+    recorder = ReducedRecorder(
+        experiment.names, Path(config.out) if config.out else None, progress, divergence_hint(config.gossip)
+    )
     follower = _Follower(ray, actors, shards, recorder)
     outages = parse_outages(config.fail, config.recover)
     crashed = [name for name, outage in outages.items() if outage.recover_round is None]

@@ -16,6 +16,7 @@ from p2pfl.aggregation.consensus import model_distances
 from p2pfl.errors import ConfigError
 from p2pfl.learning.learner import Weights
 from p2pfl.node.records import RoundMetrics, json_line, metrics_row
+from p2pfl.simulation.divergence import DivergenceWatch
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,11 @@ class MetricsRecorder:
         names: Sequence[str],
         out_dir: Path | None = None,
         progress: Callable[[RoundSummary], None] | None = None,
+        divergence_hint: str = "",
     ) -> None:
         self.names = list(names)
         self.progress = progress
+        self.divergence = DivergenceWatch(divergence_hint)  # warns once if the models drift apart
         self.rows: list[dict[str, Any]] = []
         self.rounds: list[RoundSummary] = []
         self.final_weights: dict[str, Weights] = {}
@@ -209,6 +212,7 @@ class MetricsRecorder:
             bytes_sent=sum(m.bytes_sent for m in exact.values()),
         )
         self.rounds.append(summary)
+        self.divergence.round_closed(round_, summary.mean_accuracy, summary.consensus_distance)
         if self.progress is not None:
             self.progress(summary)
 
@@ -245,8 +249,9 @@ class ReducedRecorder(MetricsRecorder):
         names: Sequence[str],
         out_dir: Path | None = None,
         progress: Callable[[RoundSummary], None] | None = None,
+        divergence_hint: str = "",
     ) -> None:
-        super().__init__(names, out_dir, progress)
+        super().__init__(names, out_dir, progress, divergence_hint)
         self._given: dict[int, dict[str, float]] = {}
 
     def report(self, metrics: RoundMetrics) -> None:

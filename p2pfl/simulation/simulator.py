@@ -29,6 +29,7 @@ from p2pfl.node.records import NodeStats, RoundMetrics, RoundObserver, metrics_s
 from p2pfl.privacy.accounting import privacy_summary
 from p2pfl.simulation.churn import Churn
 from p2pfl.simulation.config import ExperimentConfig
+from p2pfl.simulation.divergence import divergence_hint
 from p2pfl.simulation.limits import check_memory, needs, prepare_limits
 from p2pfl.simulation.outputs import SUMMARY_FILE, check_model_names, save_models
 from p2pfl.simulation.pacing import PacedExecutor
@@ -105,7 +106,7 @@ async def _simulate(
     except BaseException:
         context.term()
         raise
-    recorder = MetricsRecorder(names, out_dir, progress)
+    recorder = MetricsRecorder(names, out_dir, progress, divergence_hint(config.gossip))
     started = time.perf_counter()
     # One worker: the learners take turns with torch's global RNG anyway, and a single
     # thread keeps those turns free of contention (see PhasedWorker for the turn-taking).
@@ -323,6 +324,7 @@ def _summary(
         "honest_mean_accuracy": sum(honest) / len(honest) if honest else None,
         "honest_min_accuracy": min(honest) if honest else None,
         "consensus_distance": last.consensus_distance if last else None,
+        "diverged_at_round": recorder.divergence.diverged_at,  # accuracy fell as the models drifted apart
         "wall_seconds": wall,
         "bytes_sent_total": sum(node.stats.bytes_sent for node in nodes),
         "control_bytes_sent_total": sum(node.stats.control_bytes_sent for node in nodes),
