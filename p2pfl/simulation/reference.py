@@ -87,7 +87,7 @@ class _Choco:
         self._experiment = experiment
         self._gamma = gamma
         self._codec = wire.parse_codec(experiment.config.compress)
-        self._rngs = [np.random.default_rng(node_seed(name)) for name in experiment.names]
+        self._rngs = [np.random.default_rng(node_seed(name, experiment.config.seed)) for name in experiment.names]
         initial = experiment.learners[0].get_weights()
         self._hats = [{k: np.array(v, dtype=np.float32) for k, v in initial.items()} for _ in experiment.names]
 
