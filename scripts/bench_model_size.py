@@ -20,22 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench_memory import peak_rss_mb, rss_mb
+
 SCRIPTS = Path(__file__).resolve().parent
 MODELS = ["mlp_1m", "mlp_10m"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(model: str, transport: str, nodes: int, rounds: int, steps: int) -> dict[str, object]:
@@ -47,7 +40,7 @@ def child(model: str, transport: str, nodes: int, rounds: int, steps: int) -> di
     from p2pfl.simulation.setup import build_experiment
     from p2pfl.simulation.simulator import run_simulation
 
-    baseline = _rss_mb()
+    baseline = rss_mb()
     config = ExperimentConfig(
         nodes=nodes, topology="ring", model=f"wide_models:{model}", rounds=rounds, local_steps=steps,
         transport="inproc" if transport == "plain" else transport, round_timeout=600.0,
@@ -65,7 +58,7 @@ def child(model: str, transport: str, nodes: int, rounds: int, steps: int) -> di
         result = run_simulation(config, experiment=experiment)
         accuracy = result.summary["mean_accuracy"]
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     return {
         "model": model, "params": params, "model_mb": model_bytes / 2**20, "transport": transport,
         "nodes": nodes, "rounds": rounds, "baseline_mb": baseline, "peak_mb": peak,

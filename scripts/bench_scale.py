@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_memory import peak_rss_mb, rss_mb
 
 #: (nodes, model, rounds): rounds shrink as nodes grow so the whole table takes minutes
 #: training samples per node: a node's work per round is the same at every size
 SAMPLES_PER_NODE = 8
 
 SIZES = [(16, "mlp", 20), (64, "mlp", 10), (256, "mlp", 5), (1000, "mlp", 3), (4000, "logreg", 3)]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write_dataset(path: Path, train_samples: int, copies: int = 6, seed: int = 0) -> None:
@@ -75,11 +67,11 @@ def child(nodes: int, model: str, rounds: int, dataset: str) -> dict[str, float]
     started = time.perf_counter()
     experiment = build_experiment(config)
     build_seconds = time.perf_counter() - started
-    built = _rss_mb()
+    built = rss_mb()
     learner = experiment.learners[0]
     params = sum(int(np.prod(v.shape)) for v in learner.get_weights().values())
     result = run_simulation(config, experiment=experiment)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     wall = result.summary["wall_seconds"]
     return {
         "nodes": nodes, "model": model, "params": params, "rounds": rounds,
