@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["draw_report", "read_metrics", "read_summary", "run_title", "write_report"]
+__all__ = [
+    "accuracy_and_traffic", "draw_report", "make_folder", "read_metrics", "read_summary", "run_title", "write_report",
+]
 
 NAMED_LINES = 12  # up to this many nodes, each node's line carries its name in the legend
 _PER_CLASS = re.compile(r"^(?P<metric>.+)_(?P<index>\d+)$")
@@ -98,10 +100,7 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     returns their paths."""
     rows = read_metrics(directory)
     to = to or directory
-    try:
-        to.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, no permission ...
-        raise ConfigError("to", f"cannot make the folder {to} ({exc.strerror or exc}); give a folder you can write to") from None
+    make_folder(to)
     written = []
     for name, fig in _draw(rows, read_summary(directory)).items():
         fig.savefig(to / name, dpi=110)
@@ -109,8 +108,25 @@ def write_report(directory: Path, to: Path | None = None) -> list[Path]:
     return written
 
 
-def _draw(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Figure]:
-    title = run_title(summary, rows)
+def make_folder(to: Path) -> None:
+    """Make the folder the PNGs go to (field ``to``: the ``--to`` option)."""
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission ...
+        raise ConfigError("to", f"cannot make the folder {to} ({exc.strerror or exc}); give a folder you can write to") from None
+
+
+def accuracy_and_traffic(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    """The rounds, the mean test accuracy over the nodes in each, and the bytes each
+    node sent up to it (mean over the nodes): the curves runs are compared by."""
+    by_node, by_round = _group(rows)
+    rounds = sorted(by_round)
+    accuracy = [_mean(r["test_accuracy"] for r in by_round[k]) for k in rounds]
+    return rounds, accuracy, _cumulative_mean(by_node, rounds, "bytes_sent")
+
+
+def _group(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], dict[int, list[dict[str, Any]]]]:
+    """The rows by node (each in round order) and by round."""
     by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -118,6 +134,12 @@ def _draw(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Figu
         by_round[row["round"]].append(row)
     for node_rows in by_node.values():
         node_rows.sort(key=lambda r: r["round"])
+    return by_node, by_round
+
+
+def _draw(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Figure]:
+    title = run_title(summary, rows)
+    by_node, by_round = _group(rows)
     members = bool(summary.get("members"))  # a rehearsal: the nodes are the deployed members
     named = members or len(by_node) <= NAMED_LINES
     figures = {

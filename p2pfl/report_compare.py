@@ -5,12 +5,11 @@ judged by: which run reaches an accuracy with the fewest bytes on the wire.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pfl.errors import ConfigError
-from p2pfl.report import read_metrics, read_summary, run_title
+from p2pfl.report import accuracy_and_traffic, make_folder, read_metrics, read_summary, run_title
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,7 +42,7 @@ def draw_comparison(directories: list[Path]) -> Figure:
     left, right = fig.subplots(1, 2)
     fig.suptitle(titles.pop() if len(titles) == 1 else f"{len(runs)} runs", fontsize=10)
     for directory, rows, summary in runs:
-        rounds, accuracy, sent = _mean_curves(rows)
+        rounds, accuracy, sent = accuracy_and_traffic(rows)
         label = compare_label(directory, summary)
         line, = left.plot(rounds, accuracy, lw=1.5, label=label)
         right.plot([s / 1e6 for s in sent], accuracy, "-o", ms=3, lw=1.5, color=line.get_color(), label=label)
@@ -61,10 +60,7 @@ def write_comparison(directories: list[Path], to: Path) -> Path:
     """Draw :func:`draw_comparison` into ``to/compare.png``; returns its path."""
     if len(directories) < 2:
         raise ConfigError("directory", "a comparison needs at least two run directories")
-    try:
-        to.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("to", f"cannot make the folder {to} ({exc.strerror or exc}); give a folder you can write to") from None
+    make_folder(to)
     path = to / COMPARE_FILE
     draw_comparison(directories).savefig(path, dpi=110)
     return path
@@ -78,25 +74,3 @@ def _without_codec(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 _TRAVEL = ("compress", "gossip")
-
-
-def _mean_curves(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
-    """Per round: the mean test accuracy over the nodes that reported it, and the mean
-    over nodes of the bytes each sent so far (a node that skipped a round keeps its total)."""
-    by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    nodes: dict[str, dict[int, float]] = defaultdict(dict)
-    for row in rows:
-        by_round[row["round"]].append(row)
-        nodes[row["node"]][row["round"]] = float(row.get("bytes_sent") or 0)
-    rounds = sorted(by_round)
-    accuracy = []
-    for k in rounds:
-        values = [float(r["test_accuracy"]) for r in by_round[k] if r.get("test_accuracy") is not None]
-        accuracy.append(sum(values) / len(values) if values else float("nan"))
-    running = dict.fromkeys(nodes, 0.0)
-    sent = []
-    for k in rounds:
-        for node, per_round in nodes.items():
-            running[node] += per_round.get(k, 0.0)
-        sent.append(sum(running.values()) / len(running))
-    return rounds, accuracy, sent
