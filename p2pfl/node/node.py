@@ -110,14 +110,15 @@ class Node:
         transport.limit_message_size(self._limits.max_message_bytes)
         self._exchange: Exchange
         codec = wire.parse_codec(config.compress)
-        feedback = ErrorFeedback(codec, node_seed(config.name, config.seed)) if codec is not None else None
+        codec_seed = node_seed(config.name, config.seed)
+        feedback = ErrorFeedback(codec, codec_seed) if codec is not None else None
         if secure is not None and codec is not None:
             raise NodeError(f"compress = {config.compress!r} does not compose with secure aggregation")
         algorithm, gamma = parse_gossip(config.gossip)
         if algorithm == "choco":
             if secure is not None or aggregator is not mix:
                 raise NodeError(f"gossip = {config.gossip!r} needs the default mean and no secure aggregation")
-            self._exchange = ChocoGossip(self._link, gamma=gamma, codec=codec, seed=node_seed(config.name, config.seed),
+            self._exchange = ChocoGossip(self._link, gamma=gamma, codec=codec, seed=codec_seed,
                                          initial=weights, mode=config.mode)
         elif secure is not None:
             self._exchange = secure.build_exchange(self._link, mode=config.mode, aggregator=aggregator,
